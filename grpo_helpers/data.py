@@ -1,0 +1,562 @@
+"""Countdown tasks: generation, an exact solver, loading, splitting, prompts and a resumable prompt sampler.
+
+Game rules (the same ones the reward verifier checks):
+- A task is a list of positive integers `nums` and a positive integer `target`.
+- An answer is an expression that uses every number in `nums` exactly once, with the binary operations
+  + - * / and parentheses; no unary minus, no concatenating digits, no other numbers.
+- Arithmetic is exact on rationals (`fractions.Fraction`): intermediate results may be negative or non-integer,
+  so `(1 / 3) * 3` equals 1. Division by zero makes the expression invalid.
+
+Generated tasks are solvable by construction: the target is the value of a random expression over the numbers,
+and that expression is kept as the row's `solution`. Rows are plain dicts `{"nums": list[int], "target": int,
+"solution": str | None}`, the schema of the hub set Jiayi-Pan/Countdown-Tasks-3to4 plus `solution`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import statistics
+import tempfile
+from collections import Counter
+from fractions import Fraction
+from numbers import Integral
+from pathlib import Path
+from typing import Any, Iterator
+
+Value = int | Fraction  # exact value of a (sub)expression; integral values are kept as int for speed
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+HUB_EXAMPLE = "Jiayi-Pan/Countdown-Tasks-3to4"
+MAX_ATTEMPTS = 100_000  # random draws per generated task before the settings are declared (nearly) impossible
+
+# --------------------------------------------------------------------------------------------------------------
+# Exact arithmetic
+
+
+def _div(a: Value, b: Value) -> Value:
+    """a / b exactly; stays an int when the quotient is whole (int arithmetic is ~10x faster than Fraction)."""
+    if type(a) is int and type(b) is int:
+        return a // b if a % b == 0 else Fraction(a, b)
+    q = Fraction(a) / b
+    return q.numerator if q.denominator == 1 else q
+
+
+def _apply(op: str, a: Value, b: Value) -> Value:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return _div(a, b)  # caller guarantees b != 0
+
+
+def _combinations(a: Value, b: Value) -> list[tuple[Value, str, bool]]:
+    """Every value one operation makes from a and b: (value, op, swapped), where swapped means `b op a`."""
+    out = [(a + b, "+", False), (a * b, "*", False), (a - b, "-", False), (b - a, "-", True)]
+    if b != 0:
+        out.append((_div(a, b), "/", False))
+    if a != 0:
+        out.append((_div(b, a), "/", True))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def _check_sizes(sizes: Any) -> tuple[int, ...]:
+    ok = isinstance(sizes, (list, tuple)) and len(sizes) > 0
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and 2 <= s <= 6 for s in sizes)
+    if not ok:
+        raise ValueError(f"sizes={sizes!r} is not allowed: a non-empty list of integers between 2 and 6")
+    return tuple(sizes)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not allowed: an integer >= {minimum}")
+
+
+Tree = int | tuple  # a number, or (op, left, right)
+
+
+def _random_tree(rand, leaves: list[int]) -> tuple[Value, Tree] | None:
+    """A random binary tree over `leaves` (in this order) with random ops, and its exact value; None on a
+    division by zero. `rand` is a Random.random: ~5x cheaper than randint, and this loop runs ~5 times per task."""
+    if len(leaves) == 1:
+        return leaves[0], leaves[0]
+    cut = 1 + int(rand() * (len(leaves) - 1))
+    left, right = _random_tree(rand, leaves[:cut]), _random_tree(rand, leaves[cut:])
+    if left is None or right is None:
+        return None
+    op = "+-*/"[int(rand() * 4)]
+    if op == "/" and right[0] == 0:
+        return None
+    return _apply(op, left[0], right[0]), (op, left[1], right[1])
+
+
+def _format(tree: Tree, top: bool = True) -> str:
+    """Infix text; every operation but the outermost is parenthesised."""
+    if isinstance(tree, int):
+        return str(tree)
+    op, left, right = tree
+    text = f"{_format(left, False)} {op} {_format(right, False)}"
+    return text if top else f"({text})"
+
+
+def generate_countdown(n: int, *, sizes: tuple[int, ...] | list[int] = (3, 4), max_number: int = 99,
+                       max_target: int = 1000, seed: int = 42) -> list[dict]:
+    """`n` solvable tasks, deterministic for `seed`. Per task: a size from `sizes`, then numbers from
+    1..max_number (repeats allowed) and a random expression over them, drawn again until its value is an integer
+    in 1..max_target; that value is the target. The prompt lists the numbers shuffled, not in the solution's order."""
+    _check_int("n", n, 1)
+    sizes = _check_sizes(sizes)
+    _check_int("max_number", max_number, 1)
+    _check_int("max_target", max_target, 1)
+    rng = random.Random(seed)
+    rand = rng.random
+    rows: list[dict] = []
+    for _ in range(n):
+        size = sizes[int(rand() * len(sizes))]  # drawn once per task, so sizes stay balanced despite rejections
+        for _attempt in range(MAX_ATTEMPTS):
+            leaves = [1 + int(rand() * max_number) for _ in range(size)]
+            built = _random_tree(rand, leaves)
+            if built is not None and built[0].denominator == 1 and 1 <= built[0] <= max_target:
+                break
+        else:
+            raise ValueError(f"no valid task of size {size} in {MAX_ATTEMPTS} random draws with max_number={max_number}, "
+                             f"max_target={max_target}: raise max_target or use fewer/smaller numbers")
+        rng.shuffle(leaves)
+        rows.append({"nums": leaves, "target": int(built[0]), "solution": _format(built[1])})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Solver: dynamic programming over sub-multisets of the numbers
+
+
+def _sub_multisets(nums: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every ordered split of a sorted multiset into two non-empty sorted sub-multisets (A, B), each once."""
+    counts = sorted(Counter(nums).items())
+    splits = [((), ())]
+    for value, k in counts:
+        splits = [(a + (value,) * i, b + (value,) * (k - i)) for a, b in splits for i in range(k + 1)]
+    return [(a, b) for a, b in splits if a and b]
+
+
+def _reachable(nums: tuple[int, ...], memo: dict) -> dict[Value, str]:
+    """value -> one expression (fully parenthesised) for every value the sorted multiset `nums` can make."""
+    if nums in memo:
+        return memo[nums]
+    if len(nums) == 1:
+        out = {nums[0]: str(nums[0])}
+    else:
+        out = {}
+        for a, b in _sub_multisets(nums):
+            if a > b:  # (B, A) is also a split; _combinations already tries both orders
+                continue
+            for va, ea in _reachable(a, memo).items():
+                for vb, eb in _reachable(b, memo).items():
+                    for value, op, swapped in _combinations(va, vb):
+                        if value not in out:
+                            out[value] = f"({eb} {op} {ea})" if swapped else f"({ea} {op} {eb})"
+    memo[nums] = out
+    return out
+
+
+def _partners(target: int, va: Value) -> list[tuple[Value, str, bool]]:
+    """Every (vb, op, b_first) with `va op vb == target` (or `vb op va` when b_first); target is non-zero."""
+    out = [(target - va, "+", False), (va - target, "-", False), (target + va, "-", True)]
+    if va != 0:  # 0 * b is never a non-zero target; b / 0 is not allowed; a / b = target != 0 needs a != 0
+        out += [(_div(target, va), "*", False), (_div(va, target), "/", False), (target * va, "/", True)]
+    return out
+
+
+def _check_task(nums: Any, target: Any) -> tuple[tuple[int, ...], int]:
+    if not isinstance(nums, (list, tuple)) or not nums or not all(
+            isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
+        raise ValueError(f"nums={nums!r} is not allowed: a non-empty list of positive integers")
+    if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
+        raise ValueError(f"target={target!r} is not allowed: a positive integer")
+    return tuple(sorted(int(x) for x in nums)), int(target)
+
+
+def solve(nums: list[int] | tuple[int, ...], target: int) -> str | None:
+    """One expression that uses every number once and equals target exactly, or None when there is none.
+
+    Exhaustive: every value each proper sub-multiset can make is tabulated once (exact ints/Fractions), then the
+    last operation is found by lookup (for each split A|B and each value a of the smaller table, is the b that
+    would give the target in the other table?) instead of combining all pairs."""
+    key, target = _check_task(nums, target)
+    if len(key) == 1:
+        return str(key[0]) if key[0] == target else None
+    memo: dict = {}
+    for a, b in _sub_multisets(key):
+        if a > b:  # each unordered split once; _partners tries both operand orders
+            continue
+        small, big = sorted((_reachable(a, memo), _reachable(b, memo)), key=len)
+        for va, ea in small.items():
+            for vb, op, b_first in _partners(target, va):
+                if vb in big:
+                    eb = big[vb]
+                    return f"{eb} {op} {ea}" if b_first else f"{ea} {op} {eb}"
+    return None
+
+
+def _tree_counts(nums: tuple[int, ...], memo: dict) -> dict[Value, int]:
+    """value -> number of distinct expression trees over the sorted multiset `nums` (children of + and * are
+    unordered, so a+b and b+a are one tree; equal numbers are interchangeable)."""
+    if nums in memo:
+        return memo[nums]
+    if len(nums) == 1:
+        out: dict[Value, int] = {nums[0]: 1}
+    else:
+        out = {}
+        for a, b in _sub_multisets(nums):
+            ta, tb = _tree_counts(a, memo), _tree_counts(b, memo)
+            for va, ca in ta.items():
+                for vb, cb in tb.items():
+                    # ordered ops: every ordered split (A, B) gives its own trees `ta - tb`, `ta / tb`
+                    out[va - vb] = out.get(va - vb, 0) + ca * cb
+                    if vb != 0:
+                        q = _div(va, vb)
+                        out[q] = out.get(q, 0) + ca * cb
+                    # unordered ops: count each unordered pair of subtrees once
+                    if a < b or (a == b and va < vb):
+                        pairs = ca * cb
+                    elif a == b and va == vb:
+                        pairs = ca * (ca + 1) // 2
+                    else:
+                        continue
+                    out[va + vb] = out.get(va + vb, 0) + pairs
+                    out[va * vb] = out.get(va * vb, 0) + pairs
+    memo[nums] = out
+    return out
+
+
+def count_solutions(nums: list[int] | tuple[int, ...], target: int) -> int:
+    """How many distinct expression trees (a+b and b+a counted once) equal target: a difficulty measure
+    (0 = impossible, 1 = a single way, hundreds = easy).
+
+    Same tables as `_tree_counts` for the proper sub-multisets, but the last operation is counted by lookup of
+    the partner value (as in `solve`) instead of tabulating every value of the whole set."""
+    key, target = _check_task(nums, target)
+    if len(key) == 1:
+        return int(key[0] == target)
+    memo: dict = {}
+    total = 0
+    for a, b in _sub_multisets(key):
+        ta, tb = _tree_counts(a, memo), _tree_counts(b, memo)
+        # ordered ops on every ordered split: va - vb = t and va / vb = t; loop over the smaller table
+        if len(ta) <= len(tb):  # partner vb = va - t, and vb = va / t (non-zero iff va is)
+            total += sum(ca * (tb.get(va - target, 0) + (tb.get(_div(va, target), 0) if va else 0))
+                         for va, ca in ta.items())
+        else:  # partner va = vb + t, and va = t * vb (vb must be non-zero)
+            total += sum(cb * (ta.get(vb + target, 0) + (ta.get(target * vb, 0) if vb else 0))
+                         for vb, cb in tb.items())
+        if a > b:  # unordered ops (+, *) once per unordered split
+            continue
+        small, big = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
+        pairs = sum(c * (big.get(target - v, 0) + (big.get(_div(target, v), 0) if v else 0)) for v, c in small.items())
+        if a == b:  # one table: each pair of two different trees was counted from both sides, a tree with itself once
+            pairs = (pairs + sum(c * ((v + v == target) + (v * v == target)) for v, c in small.items())) // 2
+        total += pairs
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rows: validation, loading, splitting, files
+
+
+def validate_rows(rows: Any) -> list[dict]:
+    """Check every row and return clean copies `{"nums": [int, ...], "target": int, "solution": str | None}`.
+    A bad row raises ValueError naming its index, the field and the value; no row is ever silently dropped."""
+    if not isinstance(rows, (list, tuple)):
+        raise ValueError(f"rows must be a list of dicts, got {type(rows).__name__}")
+    clean = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"row {i}: expected a dict with 'nums' and 'target', got {type(row).__name__}: {row!r}")
+        for name in ("nums", "target"):
+            if name not in row:
+                raise ValueError(f"row {i}: missing field {name!r} (row has {sorted(row)})")
+        nums, target, solution = row["nums"], row["target"], row.get("solution")
+        if not isinstance(nums, (list, tuple)) or not nums or not all(
+                isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
+            raise ValueError(f"row {i}: field 'nums'={nums!r} is not allowed: a non-empty list of positive integers")
+        if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
+            raise ValueError(f"row {i}: field 'target'={target!r} is not allowed: a positive integer")
+        if solution is not None and not isinstance(solution, str):
+            raise ValueError(f"row {i}: field 'solution'={solution!r} is not allowed: a string or None")
+        clean.append({"nums": [int(x) for x in nums], "target": int(target), "solution": solution})
+    return clean
+
+
+def _parse_nums_text(rows: list[dict]) -> list[dict]:
+    """CSV stores a list column as text like "[1, 2, 3]": parse it as a literal (never eval)."""
+    out = []
+    for i, row in enumerate(rows):
+        nums = row.get("nums")
+        if isinstance(nums, str):
+            try:
+                nums = ast.literal_eval(nums.strip())
+            except (ValueError, SyntaxError) as err:
+                raise ValueError(f"row {i}: field 'nums'={row['nums']!r} is not a list literal like [1, 2, 3]") from err
+        out.append({**row, "nums": nums})
+    return out
+
+
+def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
+                   sizes: tuple[int, ...] | list[int] = (3, 4), max_number: int = 99, seed: int = 42) -> list[dict]:
+    """Validated task rows from `"generated"` (num_tasks or 20,000 made locally), a .jsonl/.json/.parquet/.csv
+    file, or a hub dataset id (needs network). `num_tasks` keeps the first N rows of a file or hub set."""
+    if num_tasks is not None:
+        _check_int("num_tasks", num_tasks, 1)
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"source={source!r} is not allowed: 'generated', a .jsonl/.json/.parquet/.csv path or a hub id")
+    if source == "generated":
+        return generate_countdown(num_tasks or 20_000, sizes=sizes, max_number=max_number, seed=seed)
+
+    import datasets  # heavy import, only when a file or the hub is read
+
+    suffix = Path(source).suffix.lower()
+    if suffix in FILE_BUILDERS:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file {str(path)!r} does not exist (resolved: {path.resolve()})")
+        table = datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(path), split="train")
+    else:
+        try:
+            table = datasets.load_dataset(source, split="train")
+        except Exception as err:  # offline, unknown id, gated: the library's own error is kept as the cause
+            raise RuntimeError(
+                f"could not load dataset {source!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+                f"Without network access use dataset='generated' (solvable tasks made locally) or a local "
+                f".jsonl/.json/.parquet/.csv file; with network a hub id looks like {HUB_EXAMPLE!r}."
+            ) from err
+    if num_tasks is not None:
+        table = table.select(range(min(num_tasks, len(table))))
+    rows = table.to_list()
+    return validate_rows(_parse_nums_text(rows) if suffix == ".csv" else rows)
+
+
+def train_test_split(rows: list[dict], *, test_size: int, seed: int = 42) -> tuple[list[dict], list[dict]]:
+    """Deterministic shuffle-then-cut: (train, test); the same rows and seed always give the same split."""
+    _check_int("test_size", test_size, 1)
+    if test_size >= len(rows):
+        raise ValueError(f"test_size={test_size} is not allowed: it must be smaller than the {len(rows)} rows "
+                         f"(the rest is the training split)")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in order[test_size:]], [rows[i] for i in order[:test_size]]
+
+
+def save_jsonl(rows: list[dict], path: str | Path) -> None:
+    """One JSON object per line, written to a temp file then renamed, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    """Rows written by save_jsonl (blank lines skipped); a bad line raises ValueError with its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"jsonl file {str(path)!r} does not exist")
+    rows = []
+    with path.open() as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}): {line[:80]!r}") from err
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prompts
+
+SYSTEM_PROMPT = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
+                 "provide the user with the answer.")
+ASSISTANT_PREFIX = "Let me solve this step by step.\n<think>"
+
+
+def user_message(nums: list[int], target: int) -> str:
+    return (f"Using the numbers {list(nums)}, create an equation that equals {target}. You can use basic arithmetic "
+            f"operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
+            f"tags. And return the final equation in <answer> </answer> tags, for example "
+            f"<answer>(1 + 2) / 3</answer>.")
+
+
+def build_messages(task: dict) -> list[dict]:
+    """System, user, and a started assistant turn: the model continues right after "<think>"."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_message(task["nums"], task["target"])},
+        {"role": "assistant", "content": ASSISTANT_PREFIX},
+    ]
+
+
+def render_prompt(tokenizer, task: dict) -> str:
+    """The prompt text in the model's chat template, ending with the unfinished assistant turn."""
+    return tokenizer.apply_chat_template(build_messages(task), tokenize=False, continue_final_message=True)
+
+
+def render_prompts(tokenizer, tasks: list[dict]) -> list[str]:
+    return [render_prompt(tokenizer, task) for task in tasks]
+
+
+def tokenize_prompts(tokenizer, prompts: list[str]):
+    """Left-padded batch (prompts end where generation starts); the template already holds special tokens."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                     add_special_tokens=False)  # input_ids, attention_mask: (B, T)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampler
+
+
+class PromptSampler:
+    """Endless batches of tasks for training, identical across runs and resumable.
+
+    Each epoch is a fresh permutation of all rows seeded by (seed, epoch). A step takes the next
+    batch_size * world_size rows of the permutation and rank r keeps its own slice, so ranks never share a
+    prompt within a step and together see every row at most once per epoch. The last rows of an epoch that do
+    not fill a whole step are skipped for that epoch (the next permutation is different)."""
+
+    def __init__(self, rows: list[dict], *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        _check_int("batch_size", batch_size, 1)
+        _check_int("world_size", world_size, 1)
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank!r} is not allowed: an integer in 0..{world_size - 1} (world_size={world_size})")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed={seed!r} is not allowed: an integer")
+        if len(rows) < batch_size * world_size:
+            raise ValueError(f"{len(rows)} rows cannot fill one step of batch_size={batch_size} x "
+                             f"world_size={world_size}; use more rows or a smaller batch")
+        self.rows, self.batch_size, self.seed, self.rank, self.world_size = rows, batch_size, seed, rank, world_size
+        self.steps_per_epoch = len(rows) // (batch_size * world_size)
+        self.epoch, self.index = 0, 0  # index = next step within the epoch
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)  # str seeds hash deterministically (not PYTHONHASHSEED)
+        return order
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        return self
+
+    def __next__(self) -> list[dict]:
+        if self.index == self.steps_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        start = (self.index * self.world_size + self.rank) * self.batch_size
+        self.index += 1
+        return [self.rows[i] for i in self._order[start:start + self.batch_size]]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "batch_size": self.batch_size,
+                "world_size": self.world_size, "num_rows": len(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position; the layout fields must match or the batches would differ."""
+        for name in ("seed", "batch_size", "world_size", "num_rows"):
+            mine = len(self.rows) if name == "num_rows" else getattr(self, name)
+            if state.get(name) != mine:
+                raise ValueError(f"sampler state has {name}={state.get(name)!r} but this sampler has {name}={mine}; "
+                                 f"a resumed run needs the same rows, seed, batch_size and world_size")
+        epoch, index = state["epoch"], state["index"]
+        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(index, int) and 0 <= index <= self.steps_per_epoch):
+            raise ValueError(f"sampler state position epoch={epoch!r}, index={index!r} is not allowed: epoch >= 0 and "
+                             f"index in 0..{self.steps_per_epoch}")
+        self.epoch, self.index = epoch, index
+        self._order = self._permutation(epoch)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def dataset_stats(rows: list[dict], tokenizer=None, *, sample_size: int = 1000, seed: int = 0,
+                  progress: bool = False) -> dict:
+    """Numbers for the dataset plots: every target and task size; the difficulty (count_solutions) and prompt
+    token length on a random sample of `sample_size` rows (the solver costs ~ms per 4-number task)."""
+    _check_int("sample_size", sample_size, 1)
+    sample = rows if len(rows) <= sample_size else random.Random(seed).sample(rows, sample_size)
+    if progress:
+        from tqdm.auto import tqdm
+        sample_iter = tqdm(sample, desc="count_solutions")
+    else:
+        sample_iter = sample
+    difficulty = [count_solutions(r["nums"], r["target"]) for r in sample_iter]
+    stats: dict[str, Any] = {
+        "num_tasks": len(rows),
+        "targets": [r["target"] for r in rows],
+        "sizes": dict(sorted(Counter(len(r["nums"]) for r in rows).items())),
+        "sample_size": len(sample),
+        "difficulty": difficulty,
+        "solvable_fraction": sum(d > 0 for d in difficulty) / len(difficulty),
+        "median_solutions": statistics.median(difficulty),
+        "prompt_tokens": None,
+    }
+    if tokenizer is not None:
+        ids = tokenizer(render_prompts(tokenizer, sample), add_special_tokens=False)["input_ids"]
+        stats["prompt_tokens"] = [len(x) for x in ids]
+    return stats
+
+
+def plot_dataset_stats(stats: dict):
+    """2x2 figure: targets, difficulty (power-of-two buckets), task sizes, prompt token lengths."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0, 0]
+    ax.hist(stats["targets"], bins=50, color="tab:blue")
+    ax.set(title=f"target ({stats['num_tasks']} tasks)", xlabel="target", ylabel="tasks")
+
+    ax = axes[0, 1]
+    # solutions per task in power-of-two buckets 0, 1, 2-3, 4-7, ...: the spread covers orders of magnitude
+    buckets = Counter(0 if d == 0 else int(d).bit_length() for d in stats["difficulty"])
+    top = max(buckets)
+    labels = ["0"] + [str(2 ** (k - 1)) if k == 1 else f"{2 ** (k - 1)}-{2 ** k - 1}" for k in range(1, top + 1)]
+    ax.bar(labels, [buckets.get(k, 0) for k in range(top + 1)], color="tab:orange")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.set(title=f"solutions per task (sample of {stats['sample_size']}; 0 = impossible)",
+           xlabel="distinct expression trees", ylabel="tasks")
+
+    ax = axes[1, 0]
+    ax.bar([str(k) for k in stats["sizes"]], list(stats["sizes"].values()), color="tab:green")
+    ax.set(title="numbers per task", xlabel="numbers", ylabel="tasks")
+
+    ax = axes[1, 1]
+    if stats.get("prompt_tokens"):
+        ax.hist(stats["prompt_tokens"], bins=20, color="tab:purple")
+        ax.set(title="prompt length", xlabel="tokens", ylabel="tasks")
+    else:
+        ax.text(0.5, 0.5, "no tokenizer given", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+__all__ = [
+    "SYSTEM_PROMPT", "ASSISTANT_PREFIX", "generate_countdown", "solve", "count_solutions", "validate_rows",
+    "load_countdown", "train_test_split", "save_jsonl", "load_jsonl", "user_message", "build_messages",
+    "render_prompt", "render_prompts", "tokenize_prompts", "PromptSampler", "dataset_stats", "plot_dataset_stats",
+]

@@ -1,0 +1,211 @@
+"""The GRPO objective: group-relative advantages, memory-lean per-token log-probs, clipped surrogate + k3 KL.
+
+Rows are prompt-major: row i*G + g is completion g of prompt i. For each completion token t of row i
+
+    ratio_it = pi(o_it) / pi_old(o_it)
+    loss_it  = -min(ratio_it * A_i, clip(ratio_it, 1 - eps_low, 1 + eps_high) * A_i) + beta * k3_it
+    k3_it    = exp(ref_it - logp_it) - (ref_it - logp_it) - 1        (an unbiased, always >= 0 estimate of KL(pi||ref))
+
+and the loss_type decides how the token losses are averaged (see `grpo_loss`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from grpo_helpers.config import LOSS_TYPES, REWARD_SCALES
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4) -> Tensor:
+    """Reward minus its group mean, divided by the group std, the batch std or nothing (Dr. GRPO's `none`).
+
+    Only the comparison within a group matters, so a group whose completions all scored the same teaches nothing:
+    its advantages are exact zeros (no rounding noise from the mean). Stds are unbiased, as in TRL.
+    """
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r} is not allowed: an integer >= 1")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of group_size={group_size}: "
+                         "N must be a multiple of group_size (rows are prompt-major, i*G + g)")
+    if scale not in REWARD_SCALES:
+        raise ValueError(f"scale={scale!r} is not allowed: choose one of {', '.join(map(repr, REWARD_SCALES))}")
+    grouped = rewards.view(-1, group_size)  # (B, G)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + eps)
+    constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # (B, 1)
+    return torch.where(constant, torch.zeros_like(centred), centred).view(-1)  # (N,)
+
+
+def _position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as `generate` assigns them, so scores match what was sampled."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # (N, T)
+
+
+def _token_logps(logits: Tensor, targets: Tensor, temperature: float, return_entropy: bool):
+    """fp32 log-softmax at the sampling temperature, gathered at the target tokens (entropy detached, for logs)."""
+    logps_all = F.log_softmax(logits.float() / temperature, dim=-1)  # (..., V)
+    logps = logps_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (...)
+    if not return_entropy:
+        return logps
+    with torch.no_grad():
+        entropy = -(logps_all.exp() * logps_all).sum(-1)  # (...)
+    return logps, entropy
+
+
+def _check_lengths(input_ids: Tensor, attention_mask: Tensor, completion_len: int, temperature: float) -> None:
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids and attention_mask must both be (N, T), got {tuple(input_ids.shape)} "
+                         f"and {tuple(attention_mask.shape)}")
+    if not isinstance(completion_len, int) or not 1 <= completion_len < input_ids.shape[1]:
+        raise ValueError(f"completion_len={completion_len!r} is not allowed: an integer in [1, T-1] with "
+                         f"T={input_ids.shape[1]} (at least one prompt token must precede the completion)")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is not allowed: a number > 0")
+
+
+def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_len: int, *,
+                        chunk_size: int = 128, temperature: float = 1.0, return_entropy: bool = False):
+    """Log-probs (N, C) of the last C = completion_len tokens, without ever holding N x C x V logits.
+
+    The decoder backbone gives hidden states; the C positions that predict completion tokens go through the
+    LM head `chunk_size` tokens at a time. Each chunk is checkpointed, so autograd keeps only its (chunk, H)
+    input and recomputes the (chunk, V) logits in backward: peak memory is one chunk of logits, not all of them.
+    Works for a plain HF causal LM and for a peft model (LoRA layers live inside the backbone it returns).
+    Assumes the head is a plain linear layer (no logit soft-capping/scaling), true for Llama/Qwen2/SmolLM2.
+    """
+    _check_lengths(input_ids, attention_mask, completion_len, temperature)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} is not allowed: an integer >= 1 (tokens per LM-head chunk)")
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+    hidden = hidden[:, -completion_len - 1:-1].reshape(-1, hidden.shape[-1])  # (N*C, H): position t predicts t+1
+    targets = input_ids[:, -completion_len:].reshape(-1)  # (N*C,)
+    head = model.get_output_embeddings()
+
+    def chunk_logps(h: Tensor, y: Tensor):
+        return _token_logps(head(h), y, temperature, return_entropy)
+
+    pieces = []
+    for start in range(0, targets.numel(), chunk_size):
+        h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if torch.is_grad_enabled()
+                      else chunk_logps(h, y))
+    shape = (input_ids.shape[0], completion_len)
+    if not return_entropy:
+        return torch.cat(pieces).view(shape)  # (N, C)
+    return torch.cat([p[0] for p in pieces]).view(shape), torch.cat([p[1] for p in pieces]).view(shape)
+
+
+def naive_completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_len: int, *,
+                              temperature: float = 1.0, return_entropy: bool = False):
+    """Reference: the usual full forward that materialises all N x (C+1) x V logits (TRL's logits_to_keep way)."""
+    _check_lengths(input_ids, attention_mask, completion_len, temperature)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+                   use_cache=False, logits_to_keep=completion_len + 1).logits[:, :-1]  # (N, C, V)
+    return _token_logps(logits, input_ids[:, -completion_len:], temperature, return_entropy)
+
+
+def _check_loss_inputs(logps: Tensor, named: dict[str, Tensor | None], advantages: Tensor, loss_type: str,
+                       beta: float, max_completion_length: int | None, num_items_in_window: float | None) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r} is not allowed: choose one of {', '.join(map(repr, LOSS_TYPES))}")
+    if logps.ndim != 2:
+        raise ValueError(f"logps must be (N, C), got shape {tuple(logps.shape)}")
+    for name, tensor in named.items():
+        if tensor is not None and tensor.shape != logps.shape:
+            raise ValueError(f"{name} must have the shape of logps {tuple(logps.shape)}, got {tuple(tensor.shape)}")
+    if advantages.shape != logps.shape[:1]:
+        raise ValueError(f"advantages must be (N,) = ({logps.shape[0]},), got {tuple(advantages.shape)}")
+    if beta < 0:
+        raise ValueError(f"beta={beta!r} is not allowed: a number >= 0")
+    if beta > 0 and named["ref_logps"] is None:
+        raise ValueError(f"beta={beta} needs ref_logps (the reference policy's log-probs); pass them or set beta=0")
+    if max_completion_length is not None and max_completion_length < logps.shape[1]:
+        raise ValueError(f"max_completion_length={max_completion_length!r} is not allowed: an integer >= the "
+                         f"completion length C={logps.shape[1]}")
+    if loss_type == "dr_grpo" and max_completion_length is None:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length (its normaliser is N x max length)")
+    if num_items_in_window is not None and not num_items_in_window > 0:
+        raise ValueError(f"num_items_in_window={num_items_in_window!r} is not allowed: a number > 0")
+
+
+def grpo_loss(logps: Tensor, *, old_logps: Tensor | None, ref_logps: Tensor | None, advantages: Tensor,
+              completion_mask: Tensor, loss_type: str = "dapo", beta: float = 0.04, clip_eps_low: float = 0.2,
+              clip_eps_high: float = 0.2, max_completion_length: int | None = None,
+              num_items_in_window: float | None = None, entropy: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Clipped GRPO surrogate + beta * k3 KL, per token (N, C), aggregated by `loss_type`:
+
+    grpo     mean over each sequence's tokens, then over sequences (short completions weigh more per token)
+    bnpo     mean over all tokens of this batch
+    dr_grpo  sum / (N * max_completion_length): a constant normaliser, no length bias (Dr. GRPO)
+    dapo     sum / num_items_in_window: every token of the accumulation window weighs the same (DAPO)
+
+    With gradient accumulation the trainer divides grpo/bnpo/dr_grpo losses by the number of accumulated
+    batches; for dapo it instead passes num_items_in_window = completion tokens of the whole window summed over
+    processes (divided by the process count when DDP averages gradients, as TRL does); default: this batch's
+    tokens. old_logps=None means the batch was sampled by this very policy (mu = 1): ratio 1, same gradient.
+    Masked tokens (completion_mask 0) never reach the loss or its gradient, whatever values they hold.
+    """
+    _check_loss_inputs(logps, {"old_logps": old_logps, "ref_logps": ref_logps, "completion_mask": completion_mask,
+                               "entropy": entropy}, advantages, loss_type, beta, max_completion_length,
+                       num_items_in_window)
+    mask = completion_mask.bool()  # (N, C)
+    old_logps = logps.detach() if old_logps is None else old_logps
+    adv = advantages.unsqueeze(1)  # (N, 1)
+    ratio = torch.exp(torch.where(mask, logps - old_logps, 0.0))  # (N, C); 1 on masked tokens
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)  # (N, C)
+    kl = None
+    if ref_logps is not None:
+        delta = torch.where(mask, ref_logps - logps, 0.0)  # (N, C)
+        kl = torch.exp(delta) - delta - 1  # k3 estimator of KL(pi || ref)
+        if beta > 0:
+            per_token = per_token + beta * kl
+    per_token = torch.where(mask, per_token, 0.0)
+    tokens = mask.sum().clamp(min=1)
+    if loss_type == "grpo":
+        loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    elif loss_type == "bnpo":
+        loss = per_token.sum() / tokens
+    elif loss_type == "dr_grpo":
+        loss = per_token.sum() / (logps.shape[0] * max_completion_length)
+    else:  # dapo
+        loss = per_token.sum() / (tokens if num_items_in_window is None else num_items_in_window)
+    return loss, _loss_stats(ratio, adv, mask, kl, entropy, clip_eps_low, clip_eps_high)
+
+
+@torch.no_grad()
+def _loss_stats(ratio: Tensor, adv: Tensor, mask: Tensor, kl: Tensor | None, entropy: Tensor | None,
+                clip_eps_low: float, clip_eps_high: float) -> dict[str, float]:
+    """Token means over completion tokens; clipping counts only where the clip actually cuts the gradient."""
+    tokens = mask.sum().clamp(min=1)
+
+    def masked_mean(x: Tensor) -> float:
+        return (torch.where(mask, x.double(), 0.0).sum() / tokens).item()
+
+    low = (ratio < 1 - clip_eps_low) & (adv < 0)  # (N, C)
+    high = (ratio > 1 + clip_eps_high) & (adv > 0)
+    real = ratio[mask]
+    stats = {
+        "clip_ratio/low_mean": masked_mean(low),
+        "clip_ratio/high_mean": masked_mean(high),
+        "clip_ratio/region_mean": masked_mean(low | high),
+        "ratio_min": real.min().item() if real.numel() else 1.0,
+        "ratio_max": real.max().item() if real.numel() else 1.0,
+    }
+    if kl is not None:
+        stats["kl"] = masked_mean(kl)
+    if entropy is not None:
+        stats["entropy"] = masked_mean(entropy)
+    return stats
+
+
+__all__ = ["group_advantages", "completion_logprobs", "naive_completion_logprobs", "grpo_loss"]

@@ -1,0 +1,262 @@
+"""Verifiable rewards for Countdown: a format check, an exact equation check, and shaped partial credit.
+
+A completion is the text the model wrote after the prefilled "<think>". It is untrusted: it can hold anything,
+so nothing here calls eval/exec, every check runs in time linear in the completion (plain `str.find`/`count`, no
+backtracking regex), and every reward function returns 0.0 instead of raising on any string.
+
+Each reward function has the TRL signature `fn(completions, **kwargs) -> list[float]`: dataset columns arrive as
+per-completion lists (`nums=[[..], ..]`, `target=[..]`) and unknown kwargs (`prompts`, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Sequence
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+# Bounds of the verifier, checked before parsing (length, characters, paren depth, literal size) and while
+# walking the tree (node count, depth, size of intermediate values). A Countdown answer with six numbers is
+# ~30 characters, 11 nodes and values well under 2**64, so these only ever reject abuse.
+MAX_EXPRESSION_CHARS = 200
+MAX_LITERAL_DIGITS = 12
+MAX_NODES = 64
+MAX_DEPTH = 32
+MAX_BITS = 256
+
+_ALLOWED_CHARS = re.compile(r"[0-9+\-*/() \t\r\n]*")  # ASCII only: rejects unicode digits such as "١٢"
+_LONG_LITERAL = re.compile(r"[0-9]{%d}" % (MAX_LITERAL_DIGITS + 1))
+_OPERATORS: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+}
+
+
+class _Rejected(Exception):
+    """The expression is outside the allowed grammar or bounds (internal: public functions return None)."""
+
+
+def _paren_depth(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _parse(text: str) -> tuple[ast.expr, list[int]] | None:
+    """Bounded parse into an AST of integer literals and + - * /, plus its literals in order; None if not allowed.
+
+    Unary minus (and plus) is rejected: Countdown numbers are positive, and "-" would let the model invent
+    numbers ("-3" is not one of the given 3s) or cancel a term it failed to use.
+    """
+    if not isinstance(text, str) or len(text) > MAX_EXPRESSION_CHARS or not _ALLOWED_CHARS.fullmatch(text):
+        return None
+    if _paren_depth(text) > MAX_DEPTH or _LONG_LITERAL.search(text):  # before ast.parse, which can recurse deeply
+        return None
+    try:
+        tree = ast.parse(" ".join(text.split()), mode="eval")  # newlines inside a multi-line answer are spaces
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # "1 2", "07", "(", ...
+        return None
+    literals: list[int] = []
+    try:
+        _check(tree.body, depth=1, literals=literals, budget=[MAX_NODES])
+    except _Rejected:
+        return None
+    return tree.body, literals
+
+
+def _check(node: ast.AST, *, depth: int, literals: list[int], budget: list[int]) -> None:
+    budget[0] -= 1
+    if depth > MAX_DEPTH or budget[0] < 0:
+        raise _Rejected
+    if isinstance(node, ast.Constant) and type(node.value) is int:  # bool is an int subclass: excluded
+        literals.append(node.value)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        _check(node.left, depth=depth + 1, literals=literals, budget=budget)
+        _check(node.right, depth=depth + 1, literals=literals, budget=budget)
+    else:
+        raise _Rejected  # **, //, %, unary ops, names, calls, attributes, strings, ...
+
+
+def _value(node: ast.expr) -> Fraction:
+    """Exact value of a checked tree; raises ZeroDivisionError or _Rejected (an intermediate grew too large)."""
+    if isinstance(node, ast.Constant):
+        return Fraction(node.value)
+    value = _OPERATORS[type(node.op)](_value(node.left), _value(node.right))
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
+        raise _Rejected
+    return value
+
+
+def expression_numbers(text: str) -> list[int] | None:
+    """The integer literals of an allowed expression, in order (its value may be undefined); None if not allowed."""
+    parsed = _parse(text)
+    return None if parsed is None else parsed[1]
+
+
+def evaluate_expression(text: str) -> Fraction | None:
+    """Exact value of an arithmetic expression (ints, + - * /, parentheses), or None if not allowed or undefined.
+
+    Fractions, not floats: "(1/3)*3" is exactly 1, and no tolerance lets a wrong answer pass.
+    """
+    parsed = _parse(text)
+    if parsed is None:
+        return None
+    try:
+        return _value(parsed[0])
+    except (ZeroDivisionError, _Rejected):
+        return None
+
+
+def extract_answer(completion: str) -> str | None:
+    """Content of the last `<answer>...</answer>` block (the last close tag and the nearest open tag before it)."""
+    close = completion.rfind(ANSWER_CLOSE)
+    if close < 0:
+        return None
+    open_ = completion.rfind(ANSWER_OPEN, 0, close)
+    if open_ < 0:
+        return None
+    return completion[open_ + len(ANSWER_OPEN):close].strip()
+
+
+def _is_formatted(completion: str) -> bool:
+    """`<think>` + completion == <think>reasoning</think>, a newline, <answer>...</answer>, optional whitespace.
+
+    Reasoning and answer may span lines. Exactly one think block and one answer block: no think/answer tag may
+    appear inside the reasoning or the answer. The newline may be "\\n" or "\\r\\n".
+    """
+    text = completion.rstrip()
+    close = text.find(THINK_CLOSE)
+    if close < 0 or THINK_OPEN in text[:close]:
+        return False
+    rest = text[close + len(THINK_CLOSE):]
+    if rest.startswith("\r\n"):
+        rest = rest[2:]
+    elif rest.startswith("\n"):
+        rest = rest[1:]
+    else:
+        return False
+    if not (rest.startswith(ANSWER_OPEN) and rest.endswith(ANSWER_CLOSE)):
+        return False
+    inner = rest[len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
+    return not any(tag in inner for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
+
+
+def _has_one_answer_block(completion: str) -> bool:
+    close = completion.find(THINK_CLOSE)
+    if close < 0:
+        return False
+    rest = completion[close + len(THINK_CLOSE):]
+    if rest.count(ANSWER_OPEN) != 1 or rest.count(ANSWER_CLOSE) != 1:
+        return False
+    return rest.find(ANSWER_OPEN) < rest.find(ANSWER_CLOSE)
+
+
+def _parsed_answer(completion: str) -> tuple[ast.expr, list[int]] | None:
+    answer = extract_answer(completion)
+    return None if answer is None else _parse(answer)
+
+
+def _uses_numbers(completion: str, nums: Sequence[int]) -> bool:
+    parsed = _parsed_answer(completion)
+    return parsed is not None and sorted(parsed[1]) == sorted(nums)
+
+
+def _is_correct(completion: str, nums: Sequence[int], target: int) -> bool:
+    parsed = _parsed_answer(completion)
+    if parsed is None or sorted(parsed[1]) != sorted(nums):
+        return False
+    try:
+        return _value(parsed[0]) == target
+    except (ZeroDivisionError, _Rejected):
+        return False
+
+
+def _strings(completions: Sequence[str]) -> Sequence[str]:
+    for i, completion in enumerate(completions):
+        if not isinstance(completion, str):
+            raise TypeError(f"completions[{i}] is a {type(completion).__name__}: completions must be strings")
+    return completions
+
+
+def _column(name: str, values: Any, n: int) -> list:
+    """A per-completion dataset column, as TRL passes it; a wrong length is a caller bug, not a zero reward."""
+    if values is None or len(values) != n:
+        raise ValueError(f"{name} must be a list with one entry per completion ({n}), "
+                         f"got {None if values is None else len(values)} entries")
+    return list(values)
+
+
+def format_reward(completions: list[str], **kwargs: Any) -> list[float]:
+    """1.0 when the completion has the exact think-then-answer layout, else 0.0."""
+    return [float(_is_formatted(c)) for c in _strings(completions)]
+
+
+def equation_reward(completions: list[str], *, nums: list[list[int]], target: list[int], **kwargs: Any) -> list[float]:
+    """1.0 when the last answer uses the given numbers, each exactly once, and equals the target exactly."""
+    nums, target = _column("nums", nums, len(completions)), _column("target", target, len(completions))
+    return [float(_is_correct(c, n, t)) for c, n, t in zip(_strings(completions), nums, target)]
+
+
+def think_closed_reward(completions: list[str], **kwargs: Any) -> list[float]:
+    """Partial credit: the model stopped thinking (a `</think>` appears)."""
+    return [float(THINK_CLOSE in c) for c in _strings(completions)]
+
+
+def answer_block_reward(completions: list[str], **kwargs: Any) -> list[float]:
+    """Partial credit: exactly one `<answer>...</answer>` block after `</think>` (layout not otherwise checked)."""
+    return [float(_has_one_answer_block(c)) for c in _strings(completions)]
+
+
+def uses_numbers_reward(completions: list[str], *, nums: list[list[int]], **kwargs: Any) -> list[float]:
+    """Partial credit: the last answer parses and its literals are exactly the given numbers, whatever its value."""
+    nums = _column("nums", nums, len(completions))
+    return [float(_uses_numbers(c, n)) for c, n in zip(_strings(completions), nums)]
+
+
+REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
+    "format": format_reward,
+    "equation": equation_reward,
+    "think_closed": think_closed_reward,
+    "answer_block": answer_block_reward,
+    "uses_numbers": uses_numbers_reward,
+}
+# The seed's recipe: all-or-nothing. Fine for a 3B model, which is sometimes right from the start.
+SPARSE_WEIGHTS = {"format": 1.0, "equation": 1.0}
+# Stepping stones for a small model: each stage of the layout, then the right numbers, then the right value.
+SHAPED_WEIGHTS = {"think_closed": 0.25, "answer_block": 0.25, "format": 0.5, "uses_numbers": 0.5, "equation": 1.0}
+
+
+@dataclass
+class RewardBreakdown:
+    total: list[float]  # (N,) weighted sum per completion
+    per_function: dict[str, list[float]]  # name -> (N,) unweighted reward of each function
+
+
+def score_completions(completions: list[str], *, nums: list[list[int]], target: list[int],
+                      weights: dict[str, float]) -> RewardBreakdown:
+    """Every weighted reward function on a batch, plus the weighted total (what GRPO turns into advantages)."""
+    if not weights:
+        raise ValueError(f"weights is empty: name at least one of {', '.join(map(repr, REWARD_FUNCTIONS))}")
+    for name, weight in weights.items():
+        if name not in REWARD_FUNCTIONS:
+            raise ValueError(f"unknown reward function {name!r}: choose from {', '.join(map(repr, REWARD_FUNCTIONS))}")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+            raise ValueError(f"weight of {name!r} is {weight!r}: it must be a number")
+    per_function = {name: REWARD_FUNCTIONS[name](completions, nums=nums, target=target) for name in weights}
+    total = [sum(weights[name] * per_function[name][i] for name in weights) for i in range(len(completions))]
+    return RewardBreakdown(total=total, per_function=per_function)
+
+
+def zero_std_fraction(totals: Sequence[float], group_size: int) -> float:
+    """Share of groups whose rewards are all equal: their advantages are all zero, so GRPO learns nothing there."""
+    if not isinstance(group_size, int) or group_size < 1 or len(totals) == 0 or len(totals) % group_size:
+        raise ValueError(f"group_size={group_size!r} must be a positive integer dividing the number of "
+                         f"rewards ({len(totals)}, which must be > 0)")
+    groups = [totals[i:i + group_size] for i in range(0, len(totals), group_size)]
+    return sum(max(g) - min(g) <= 1e-9 for g in groups) / len(groups)

@@ -1,0 +1,143 @@
+"""Group rollouts: G sampled completions for each prompt, with the prompt's prefill done once.
+
+`model.generate(num_return_sequences=G)` copies every prompt G times *before* the forward pass, so the prompt
+(often longer than the completion) is processed G times. Here the B prompts are prefilled once, the key/value
+cache is repeated G times, and the decode loop samples all B*G rows together. The loop is short and explicit so
+that its cost is visible: one forward of B*G new tokens per step.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from grpo_helpers.models import bf16_is_fast
+
+
+@dataclass
+class Rollout:
+    """One step's samples. Row i*G + g is sample g of prompt i (prompt-major order)."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded prompts
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor  # (B*G, C) right-padded with pad_token_id after EOS
+    completion_mask: torch.Tensor  # (B*G, C) 1 up to and including EOS
+    lengths: torch.Tensor  # (B*G,) completion tokens, EOS included
+    truncated: torch.Tensor  # (B*G,) True when max_new_tokens was reached before EOS
+    texts: list[str]  # (B*G,) decoded completions, special tokens removed
+    group_size: int
+    seconds: float  # wall time of the rollout
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return float(self.lengths.sum()) / max(self.seconds, 1e-9)
+
+    def full_sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt + completion per row, as scored by the loss: ids and attention mask, both (B*G, P + C)."""
+        prompt_ids = self.prompt_ids.repeat_interleave(self.group_size, dim=0)  # (B*G, P)
+        prompt_mask = self.prompt_mask.repeat_interleave(self.group_size, dim=0)  # (B*G, P)
+        ids = torch.cat([prompt_ids, self.completion_ids], dim=1)  # (B*G, P + C)
+        mask = torch.cat([prompt_mask, self.completion_mask], dim=1)  # (B*G, P + C)
+        return ids, mask
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, so a padded prompt sees the same positions as an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@contextmanager
+def sampling_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off (LoRA dropout included) and no autograd while sampling; the previous mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def generate_groups(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    bf16: bool | None = None,
+) -> Rollout:
+    """Sample `group_size` completions for each prompt (already rendered with the chat template).
+
+    bf16=None picks bf16 autocast only where the hardware has fast bf16 matmuls. `greedy` takes the argmax
+    (for evaluation); then all G samples of a prompt are identical, so use group_size=1 with it.
+    """
+    if group_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"group_size={group_size} and max_new_tokens={max_new_tokens} must both be >= 1")
+    device = next(model.parameters()).device
+    use_bf16 = bf16_is_fast(device) if bf16 is None else bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    warpers = _warpers(temperature, top_k, top_p)
+    start = time.perf_counter()
+
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
+    with sampling_mode(model), autocast:
+        cache = DynamicCache()
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions_from_mask(prompt_mask),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(group_size)  # prefill once, share it across the G samples
+        logits = out.logits[:, -1, :].float().repeat_interleave(group_size, dim=0)  # (B*G, V)
+        mask = prompt_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
+        position = positions_from_mask(mask)[:, -1:]  # (B*G, 1)
+        finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)  # (B*G,)
+        tokens: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            if greedy:
+                next_token = logits.argmax(dim=-1)
+            else:
+                probs = warpers(None, logits).softmax(dim=-1)
+                next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B*G,)
+            next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
+            tokens.append(next_token)
+            finished |= next_token == eos_id
+            if finished.all() or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B*G, P + step + 1)
+            position = position + 1
+            out = model(input_ids=next_token[:, None], attention_mask=mask, position_ids=position,
+                        past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :].float()  # (B*G, V)
+
+    completion_ids = torch.stack(tokens, dim=1)  # (B*G, C)
+    is_eos = completion_ids == eos_id
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, completion_ids.shape[1], dtype=torch.long))
+    columns = torch.arange(completion_ids.shape[1], device=device)[None, :]
+    completion_mask = (columns <= first_eos[:, None]).long()  # (B*G, C) EOS itself is scored
+    lengths = completion_mask.sum(dim=1)
+    texts = tokenizer.batch_decode(completion_ids * completion_mask + pad_id * (1 - completion_mask),
+                                   skip_special_tokens=True)
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                   completion_mask=completion_mask, lengths=lengths, truncated=~has_eos, texts=texts,
+                   group_size=group_size, seconds=time.perf_counter() - start)

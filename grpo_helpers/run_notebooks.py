@@ -1,0 +1,128 @@
+"""Run the tutorial headlessly: every chapter notebook in order, with one parameters file, into runs/<timestamp>/.
+
+    python -m grpo_helpers.run_notebooks --params params/cpu.yaml            # what `make demo` runs
+    python -m grpo_helpers.run_notebooks --params params/smoke.yaml --only 01 02 -p seed 7
+
+Each notebook receives the keys of the parameters file that it declares in its `parameters` cell, plus
+`run_dir` (the run folder, shared by all chapters so that the data split, the adapter and the figures flow from
+one chapter to the next). A failing cell stops the run with the notebook and cell named; the partially executed
+notebook is kept for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def chapter_notebooks(folder: Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
+    """Chapter notebooks (NN_name.ipynb) in order; `only` keeps those whose name starts with a given prefix."""
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
+        if not found:
+            raise SystemExit(f"--only {' '.join(only)} matches no notebook in {folder}")
+    return found
+
+
+def declared_parameters(notebook: Path) -> dict[str, Any]:
+    """Names and defaults in the notebook's `parameters` cell (papermill's own inspection)."""
+    import papermill
+
+    return {name: info["default"] for name, info in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path} must hold a mapping of parameter names to values")
+    return values
+
+
+def export_figures(executed: Path, folder: Path) -> list[Path]:
+    """Every PNG a notebook displayed, written as files (people would rather look than read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = json.loads(executed.read_text())["cells"]
+    written = []
+    for index, cell in enumerate(cells):
+        for number, output in enumerate(cell.get("outputs", [])):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                path = folder / f"{executed.stem}_cell{index:02d}_{number}.png"
+                path.write_bytes(base64.b64decode(png if isinstance(png, str) else "".join(png)))
+                written.append(path)
+    return written
+
+
+def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Execute the chapters; returns one record per notebook (name, seconds, output path, figures)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = chapter_notebooks(only=only)
+    records = []
+    for number, notebook in enumerate(notebooks, 1):
+        declared = declared_parameters(notebook)
+        passed = {k: v for k, v in params.items() if k in declared}
+        if "run_dir" in declared:
+            passed["run_dir"] = str(out_dir)
+        print(f"[{number}/{len(notebooks)}] {notebook.name}  ({', '.join(f'{k}={v}' for k, v in passed.items())})",
+              flush=True)
+        executed = out_dir / notebook.name
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(notebook), str(executed), parameters=passed, cwd=str(notebook.parent),
+                                       progress_bar=True)
+        except PapermillExecutionError as error:
+            print(f"\nFAILED: {notebook.name}, cell {error.exec_count} raised {error.ename}: {error.evalue}\n"
+                  f"The partially executed notebook is kept at {executed}", file=sys.stderr)
+            raise SystemExit(1) from None
+        seconds = time.perf_counter() - start
+        figures = export_figures(executed, out_dir / "figures")
+        records.append({"notebook": notebook.name, "seconds": round(seconds, 1), "output": str(executed),
+                        "figures": len(figures)})
+        print(f"      done in {seconds:.0f} s -> {executed} ({len(figures)} figures)", flush=True)
+    return records
+
+
+def write_summary(records: list[dict[str, Any]], out_dir: Path, params_file: str) -> Path:
+    total = sum(r["seconds"] for r in records)
+    lines = [f"# Run {out_dir.name}", "", f"Parameters: `{params_file}`. Total time: {total / 60:.1f} min.", "",
+             "| notebook | time (s) | figures | executed notebook |", "| --- | ---: | ---: | --- |"]
+    lines += [f"| {r['notebook']} | {r['seconds']:.0f} | {r['figures']} | `{Path(r['output']).name}` |" for r in records]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params/cpu.yaml", help="flat YAML of notebook parameters")
+    parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 02")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override one parameter (the value is parsed as YAML)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    params.update({name: yaml.safe_load(value) for name, value in args.p})
+    out_dir = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    start = time.perf_counter()
+    records = run(params, out_dir=out_dir, only=args.only)
+    summary = write_summary(records, out_dir, args.params)
+    print(f"\nAll {len(records)} notebooks ran in {(time.perf_counter() - start) / 60:.1f} min.\n"
+          f"  executed notebooks: {out_dir}\n  figures:            {out_dir / 'figures'}\n  summary:            {summary}")
+
+
+if __name__ == "__main__":
+    main()

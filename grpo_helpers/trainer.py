@@ -1,0 +1,446 @@
+"""The GRPO training loop: rollout -> rewards -> advantages -> reference -> loss -> optimizer step -> metrics.
+
+One loop on `accelerate`, so the same code runs on a CPU, one GPU or several processes. Everything a run needs
+to continue exactly after a crash (adapter, optimizer, scheduler, RNG states, data position) is checkpointed
+atomically; metrics and sampled completions are appended as JSON lines that survive a kill.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from grpo_helpers.config import GRPOConfig
+from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
+from grpo_helpers.loss import completion_logprobs, group_advantages, grpo_loss
+from grpo_helpers.models import load_from_config
+from grpo_helpers.rewards import score_completions
+from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class Callback:
+    """Extension point (minGPT style): subclass and override what you need; the dashboard is one of these."""
+
+    def on_step_end(self, trainer: "GRPOTrainer", metrics: dict[str, Any]) -> None: ...
+
+    def on_eval(self, trainer: "GRPOTrainer", metrics: dict[str, Any]) -> None: ...
+
+    def on_checkpoint(self, trainer: "GRPOTrainer", path: Path) -> None: ...
+
+
+@dataclass
+class Batch:
+    """One rollout prepared for the loss; every tensor row is one completion (prompt-major)."""
+
+    rollout: Rollout
+    input_ids: torch.Tensor  # (B*G, P + C)
+    attention_mask: torch.Tensor  # (B*G, P + C)
+    advantages: torch.Tensor  # (B*G,)
+    ref_logps: torch.Tensor | None  # (B*G, C)
+    old_logps: torch.Tensor | None  # (B*G, C)
+    rewards: torch.Tensor  # (B*G,)
+    per_function: dict[str, list[float]] = field(default_factory=dict)
+    tasks: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored)."""
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.pt").is_file()
+            and ".tmp" not in p.name]
+    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+class GRPOTrainer:
+    """Owns the model, optimizer and run state; `train()` runs the loop described in notebook 04."""
+
+    def __init__(self, config: GRPOConfig, *, train_tasks: list[dict] | None = None,
+                 test_tasks: list[dict] | None = None, callbacks: list[Callback] | tuple = (),
+                 model=None, tokenizer=None, accelerator: Accelerator | None = None):
+        self.config = config
+        self.callbacks = list(callbacks)
+        cfg = config
+        self.accelerator = accelerator or Accelerator(
+            gradient_accumulation_steps=1, log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
+            project_dir=cfg.train.output_dir)
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.output_dir = Path(cfg.train.output_dir)
+        seed_everything(cfg.train.seed)
+
+        if train_tasks is None or test_tasks is None:
+            tasks = load_countdown(cfg.data.dataset, num_tasks=cfg.data.num_tasks, sizes=tuple(cfg.data.task_sizes),
+                                   max_number=cfg.data.max_number, seed=cfg.train.seed)
+            split_train, split_test = train_test_split(tasks, test_size=cfg.data.test_size, seed=cfg.train.seed)
+            train_tasks = split_train if train_tasks is None else train_tasks
+            test_tasks = split_test if test_tasks is None else test_tasks
+        self.train_tasks, self.test_tasks = train_tasks, test_tasks
+        self.sampler = PromptSampler(train_tasks, batch_size=cfg.rollout.num_prompts, seed=cfg.train.seed,
+                                     rank=self.rank, world_size=self.world_size)
+
+        if model is None:
+            model, tokenizer = load_from_config(cfg.model, device=self.accelerator.device)
+        self.model, self.tokenizer = model, tokenizer
+        self.is_lora = hasattr(self.model, "disable_adapter")
+        # LoRA: the reference is the same model with the adapter switched off. Full fine-tuning: a frozen copy.
+        self.ref_model = None
+        if cfg.loss.beta > 0 and not self.is_lora:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters: enable use_lora or unfreeze weights")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        updates = cfg.train.max_steps * cfg.loss.num_iterations
+        schedule = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
+        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                                       num_training_steps=updates)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, self.optimizer,
+                                                                              self.scheduler)
+        # Sampling has its own generator so that changing e.g. dropout does not change which tokens are drawn.
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1000 + self.rank)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.eval_history: list[dict[str, Any]] = []
+        if cfg.train.resume:
+            self.resume()
+
+    # ------------------------------------------------------------------ plumbing: files
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    @property
+    def completions_path(self) -> Path:
+        return self.output_dir / "completions.jsonl"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.output_dir / "eval.jsonl"
+
+    def _append(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _truncate_logs(self, step: int) -> None:
+        """After a resume, drop log lines the crashed run wrote past its last checkpoint (they are redone)."""
+        if not self.accelerator.is_main_process:
+            return
+        for path in (self.metrics_path, self.completions_path, self.eval_path):
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ plumbing: checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write to a temporary folder, then rename: a kill mid-write leaves the previous checkpoint intact."""
+        final = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        if self.accelerator.is_main_process:
+            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "model")
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                     "generator": self.generator.get_state(), "sampler": self.sampler.state_dict()}
+            torch.save(state, tmp / "trainer_state.pt")
+            self.config.save_yaml(tmp / "config.yaml")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in list_checkpoints(self.output_dir)[:-self.config.train.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, final)
+        return final
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint in output_dir; False when there is none."""
+        checkpoints = list_checkpoints(self.output_dir)
+        if not checkpoints:
+            return False
+        path = checkpoints[-1]
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            weights = load_file(str(path / "model" / "adapter_model.safetensors"), device=str(self.accelerator.device))
+            set_peft_model_state_dict(unwrapped, weights)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=unwrapped.dtype)
+            unwrapped.load_state_dict(loaded.state_dict())
+        state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        self._truncate_logs(self.step)
+        if self.metrics_path.is_file():
+            self.history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        if self.eval_path.is_file():
+            self.eval_history = [json.loads(line) for line in self.eval_path.read_text().splitlines() if line]
+        return True
+
+    # ------------------------------------------------------------------ the algorithm
+    def _logps(self, model, batch: Batch) -> torch.Tensor:
+        width = batch.rollout.completion_ids.shape[1]
+        return completion_logprobs(model, batch.input_ids, batch.attention_mask, width,
+                                   temperature=self.config.rollout.temperature)  # (B*G, C)
+
+    def make_batch(self) -> tuple[Batch, dict[str, float]]:
+        """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
+        cfg, model = self.config, self.accelerator.unwrap_model(self.model)
+        tasks = next(self.sampler)
+        t0 = time.perf_counter()
+        rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, tasks),
+                                  group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
+                                  temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                  top_k=cfg.rollout.top_k, generator=self.generator)
+        t1 = time.perf_counter()
+        G = cfg.rollout.group_size
+        nums = [t["nums"] for t in tasks for _ in range(G)]
+        target = [t["target"] for t in tasks for _ in range(G)]
+        scores = score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights)
+        rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
+        advantages = group_advantages(rewards, G, scale=cfg.loss.scale_rewards)  # (B*G,)
+        ids, mask = rollout.full_sequences()  # (B*G, P + C)
+        batch = Batch(rollout=rollout, input_ids=ids, attention_mask=mask,
+                      advantages=advantages.to(ids.device), ref_logps=None, old_logps=None, rewards=rewards,
+                      per_function=scores.per_function, tasks=tasks)
+        with sampling_mode(model):  # eval mode: reference and old log-probs without dropout noise
+            if cfg.loss.beta > 0:
+                if self.is_lora:
+                    with model.disable_adapter():
+                        batch.ref_logps = self._logps(model, batch)
+                else:
+                    batch.ref_logps = self._logps(self.ref_model, batch)
+            t2 = time.perf_counter()
+            if cfg.loss.num_iterations > 1:  # the ratio is taken to the policy that sampled the batch
+                batch.old_logps = self._logps(model, batch)
+        timing = {"time/generation": t1 - t0, "time/reference": t2 - t1}
+        return batch, timing
+
+    def _tokens_in_window(self, batches: list[Batch]) -> int:
+        """Completion tokens of the whole accumulation window on all processes (the dapo normaliser)."""
+        local = torch.tensor(sum(int(b.rollout.completion_mask.sum()) for b in batches), device=self.accelerator.device)
+        return int(self.accelerator.reduce(local, reduction="sum"))
+
+    def optimize(self, batches: list[Batch]) -> dict[str, float]:
+        """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass)."""
+        cfg = self.config
+        window_tokens = self._tokens_in_window(batches)
+        sums: dict[str, float] = {}
+        self.model.train()
+        for _ in range(cfg.loss.num_iterations):
+            for batch in batches:
+                logps = self._logps(self.model, batch)  # (B*G, C), with gradient
+                loss, stats = grpo_loss(
+                    logps, old_logps=batch.old_logps, ref_logps=batch.ref_logps, advantages=batch.advantages,
+                    completion_mask=batch.rollout.completion_mask, loss_type=cfg.loss.loss_type,
+                    beta=cfg.loss.beta, clip_eps_low=cfg.loss.clip_eps_low, clip_eps_high=cfg.loss.clip_eps_high,
+                    max_completion_length=cfg.rollout.max_new_tokens,
+                    num_items_in_window=window_tokens // self.world_size)
+                if cfg.loss.loss_type != "dapo":
+                    loss = loss / len(batches)
+                if not torch.isfinite(loss):
+                    last = list_checkpoints(self.output_dir)
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {self.step + 1}; the update was skipped and the run stopped. "
+                        f"Last good checkpoint: {last[-1] if last else 'none written yet'}")
+                self.accelerator.backward(loss)
+                for key, value in {"loss": loss.item(), **stats}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            grad_norm = (self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+                         if cfg.train.max_grad_norm > 0 else
+                         torch.norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        passes = cfg.loss.num_iterations * len(batches)
+        out = {k: v / passes for k, v in sums.items()}
+        out["loss"] = sums["loss"] / cfg.loss.num_iterations  # the loss is already averaged over the window
+        out["grad_norm"] = float(grad_norm)
+        return out
+
+    def train_step(self) -> tuple[dict[str, Any], list[Batch]]:
+        """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window."""
+        cfg = self.config
+        start = time.perf_counter()
+        batches, timing = [], {"time/generation": 0.0, "time/reference": 0.0}
+        for _ in range(cfg.train.grad_accum_steps):
+            batch, t = self.make_batch()
+            batches.append(batch)
+            for key in timing:
+                timing[key] += t[key]
+        t_train = time.perf_counter()
+        stats = self.optimize(batches)
+        self.step += 1
+        metrics = self._step_metrics(batches, stats)
+        metrics.update(timing)
+        metrics["time/train"] = time.perf_counter() - t_train
+        metrics["time/step"] = time.perf_counter() - start
+        metrics["tokens_per_sec"] = metrics["completions/total_tokens"] / metrics["time/step"]
+        return metrics, batches
+
+    # ------------------------------------------------------------------ metrics
+    def _gather(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(values.to(self.accelerator.device)).cpu()
+
+    def _step_metrics(self, batches: list[Batch], stats: dict[str, float]) -> dict[str, Any]:
+        """TRL's metric names where they exist; rewards and lengths are gathered across processes."""
+        G = self.config.rollout.group_size
+        rewards = self._gather(torch.cat([b.rewards for b in batches]))  # (all completions,)
+        lengths = self._gather(torch.cat([b.rollout.lengths for b in batches]).float())
+        truncated = self._gather(torch.cat([b.rollout.truncated for b in batches]).float())
+        groups = rewards.view(-1, G)
+        metrics: dict[str, Any] = {
+            "step": self.step, "reward": rewards.mean().item(), "reward_std": groups.std(dim=1).mean().item(),
+            "frac_reward_zero_std": (groups.amax(1) == groups.amin(1)).float().mean().item(),
+        }
+        for name in self.config.rewards.reward_weights:
+            values = torch.tensor([v for b in batches for v in b.per_function[name]])
+            metrics[f"rewards/{name}/mean"] = self._gather(values).mean().item()
+        metrics.update({
+            "kl": stats.get("kl", 0.0), "loss": stats["loss"], "grad_norm": stats["grad_norm"],
+            "clip_ratio/low_mean": stats["clip_ratio/low_mean"], "clip_ratio/high_mean": stats["clip_ratio/high_mean"],
+            "clip_ratio/region_mean": stats["clip_ratio/region_mean"],
+            "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
+            "completions/total_tokens": lengths.sum().item(),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "gen_tokens_per_sec": sum(b.rollout.tokens_per_sec for b in batches) / len(batches),
+        })
+        return metrics
+
+    def _completion_rows(self, batches: list[Batch]) -> list[dict[str, Any]]:
+        rows = []
+        for b in batches:
+            G = b.rollout.group_size
+            for i, text in enumerate(b.rollout.texts):
+                task = b.tasks[i // G]
+                rows.append({"step": self.step, "nums": task["nums"], "target": task["target"], "completion": text,
+                             "reward": b.rewards[i].item(), "advantage": b.advantages[i].item(),
+                             **{f"rewards/{k}": v[i] for k, v in b.per_function.items()}})
+        return rows
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, tasks: list[dict] | None = None, *, batch_size: int = 16) -> dict[str, Any]:
+        """Accuracy (equation reward = 1), format rate and mean length on held-out tasks."""
+        cfg = self.config
+        tasks = (tasks if tasks is not None else self.test_tasks)[: cfg.train.eval_tasks]
+        model = self.accelerator.unwrap_model(self.model)
+        correct, formatted, lengths = [], [], []
+        for start in range(0, len(tasks), batch_size):
+            chunk = tasks[start:start + batch_size]
+            rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, chunk), group_size=1,
+                                      max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
+                                      generator=torch.Generator().manual_seed(cfg.train.seed + start))
+            scores = score_completions(rollout.texts, nums=[t["nums"] for t in chunk],
+                                       target=[t["target"] for t in chunk],
+                                       weights={"equation": 1.0, "format": 1.0})
+            correct += scores.per_function["equation"]
+            formatted += scores.per_function["format"]
+            lengths += rollout.lengths.tolist()
+        n = max(len(correct), 1)
+        return {"step": self.step, "eval/accuracy": sum(correct) / n, "eval/format_rate": sum(formatted) / n,
+                "eval/mean_length": sum(lengths) / n, "eval/num_tasks": len(correct)}
+
+    def _run_eval(self) -> None:
+        metrics = self.evaluate()
+        self.eval_history.append(metrics)
+        self._append(self.eval_path, [metrics])
+        for cb in self.callbacks:
+            cb.on_eval(self, metrics)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save_yaml(self.output_dir / "config.yaml")
+        if cfg.train.report_to != "none":
+            self.accelerator.init_trackers("grpo", config=cfg.flat())
+        if cfg.train.eval_every and self.step == 0 and not self.eval_history:
+            self._run_eval()
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="GRPO", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        while self.step < cfg.train.max_steps:
+            metrics, batches = self.train_step()
+            self.history.append(metrics)
+            self._append(self.metrics_path, [metrics])
+            self._append(self.completions_path, self._completion_rows(batches))
+            if cfg.train.report_to != "none":
+                self.accelerator.log(metrics, step=self.step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completions/mean_length']:.0f}",
+                            s_per_step=f"{metrics['time/step']:.1f}")
+            for cb in self.callbacks:
+                cb.on_step_end(self, metrics)
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                self._run_eval()
+            if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or self.step == cfg.train.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        if cfg.train.report_to != "none":
+            self.accelerator.end_training()
+        return self.history
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """The trained adapter (or full model) plus tokenizer, ready for chapter 06."""
+        path = Path(path)
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+        self.accelerator.wait_for_everyone()
+        return path

@@ -1,0 +1,99 @@
+"""The notebooks stay runnable and clean: hygiene checks, papermill runs in order, and nbval on prepared copies."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+import yaml
+
+from grpo_helpers.run_notebooks import NOTEBOOKS_DIR, chapter_notebooks, declared_parameters, run
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = chapter_notebooks()
+PARAM_FILES = sorted((ROOT / "params").glob("*.yaml"))
+SMOKE = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+
+
+def code_cells(notebook: Path) -> list[dict]:
+    return [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_there_are_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == sorted(p.name[:2] for p in NOTEBOOKS) and len(NOTEBOOKS) >= 1
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_exactly_one_parameters_cell(notebook):
+    tagged = [c for c in code_cells(notebook) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{notebook.name} has {len(tagged)} cells tagged 'parameters'"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(notebook):
+    dirty = [i for i, c in enumerate(code_cells(notebook)) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, f"{notebook.name}: code cells {dirty} carry outputs or execution counts"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_shell_escapes(notebook):
+    """A `!cmd` line's failure does not fail its cell, so papermill would report success on a broken step."""
+    for cell in code_cells(notebook):
+        source = "".join(cell["source"])
+        assert not re.search(r"^\s*!", source, re.M), f"{notebook.name} has a '!' shell line:\n{source}"
+        assert "get_ipython().system" not in source and "%%bash" not in source and "%%sh" not in source
+
+
+@pytest.mark.parametrize("params_file", PARAM_FILES, ids=lambda p: p.name)
+def test_params_files_only_carry_declared_keys(params_file):
+    """papermill only logs unknown parameters; a typo in a params file would silently do nothing."""
+    declared = set().union(*(declared_parameters(nb) for nb in NOTEBOOKS))
+    keys = set(yaml.safe_load(params_file.read_text()))
+    assert keys <= declared, f"{params_file.name} sets undeclared parameters: {sorted(keys - declared)}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_have_plain_literal_defaults(notebook):
+    for name, default in declared_parameters(notebook).items():
+        assert default not in (None, ""), f"{notebook.name}: parameter {name} has no default"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """All chapters in order under the smoke parameters, in one run folder (artifacts flow between chapters)."""
+    out = tmp_path_factory.mktemp("smoke_run")
+    records = run(SMOKE, out_dir=out)
+    return out, records
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_under_papermill(smoke_run):
+    out, records = smoke_run
+    assert [r["notebook"] for r in records] == [p.name for p in NOTEBOOKS]
+    for record in records:
+        executed = json.loads(Path(record["output"]).read_text())
+        errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+    assert (out / "data" / "train.jsonl").is_file() and (out / "data" / "test.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_nbval_lax_on_prepared_notebooks(tmp_path, smoke_run):
+    """nbval cannot inject parameters: papermill --prepare-only writes copies with the smoke values first."""
+    run_dir, _ = smoke_run  # reuse the smoke run's artifacts (data split) so the copies find them
+    for notebook in NOTEBOOKS:
+        declared = declared_parameters(notebook)
+        params = {k: v for k, v in SMOKE.items() if k in declared}
+        if "run_dir" in declared:
+            params["run_dir"] = str(run_dir)
+        papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
+                                   prepare_only=True, progress_bar=False)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                             *sorted(str(p) for p in tmp_path.glob("*.ipynb"))],
+                            cwd=NOTEBOOKS_DIR, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

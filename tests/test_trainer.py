@@ -1,0 +1,191 @@
+"""The training loop on a tiny random Llama: what changes, what is logged, and that no work is ever lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpo_helpers.config import ConfigError, load_config
+from grpo_helpers.data import generate_countdown
+from grpo_helpers.loss import completion_logprobs
+from grpo_helpers.trainer import GRPOTrainer, list_checkpoints
+from tiny import tiny_llama, tiny_lora
+
+TASKS = generate_countdown(40, seed=1)
+TIMING_KEYS = ("time/", "tokens_per_sec", "gen_tokens_per_sec")
+DOCUMENTED_KEYS = [
+    "step", "reward", "reward_std", "frac_reward_zero_std", "kl", "loss", "clip_ratio/low_mean",
+    "clip_ratio/high_mean", "clip_ratio/region_mean", "completions/mean_length", "completions/clipped_ratio",
+    "grad_norm", "learning_rate", "time/generation", "time/reference", "time/train", "time/step", "tokens_per_sec",
+]
+
+
+def small_config(output_dir, reward="length", **overrides):
+    values = dict(num_tasks=40, test_size=8, eval_tasks=4, max_steps=2, num_prompts=2, group_size=3,
+                  max_new_tokens=8, beta=0.04, lr=1e-2, save_every=1, eval_every=0,
+                  reward_weights={reward: 1.0, "format": 1.0}, output_dir=str(output_dir))
+    values.update(overrides)
+    return load_config("cpu", **values)
+
+
+def make_trainer(tokenizer, output_dir, **overrides):
+    return GRPOTrainer(small_config(output_dir, **overrides), train_tasks=TASKS[:32], test_tasks=TASKS[32:],
+                       model=tiny_lora(tokenizer), tokenizer=tokenizer)
+
+
+def comparable(metrics):
+    return {k: v for k, v in metrics.items() if not k.startswith(TIMING_KEYS)}
+
+
+def test_training_changes_lora_weights_but_not_base_weights(tokenizer, length_reward, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    history = trainer.train()
+    assert any(h["frac_reward_zero_std"] < 1.0 for h in history), "no group had reward variance: nothing to learn"
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed), sorted(changed)[:5]
+    assert any("lora_B" in n for n in changed)
+
+
+def test_reference_logprobs_are_the_base_models(tokenizer, length_reward, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path)
+    with torch.no_grad():  # make the adapter matter, so "adapter off" is a real claim
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    batch, _ = trainer.make_batch()
+    base = tiny_llama(tokenizer).eval()  # same seed: the weights under the adapter
+    width = batch.rollout.completion_ids.shape[1]
+    with torch.no_grad():
+        expected = completion_logprobs(base, batch.input_ids, batch.attention_mask, width)
+        policy = completion_logprobs(trainer.model.eval(), batch.input_ids, batch.attention_mask, width)
+    assert torch.allclose(batch.ref_logps, expected, atol=1e-5)
+    assert not torch.allclose(policy, expected, atol=1e-3), "the adapter should change the policy"
+
+
+def test_metrics_file_has_every_documented_key(tokenizer, length_reward, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, eval_every=1)
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        missing = [k for k in DOCUMENTED_KEYS + ["rewards/length/mean", "rewards/format/mean"] if k not in row]
+        assert not missing, missing
+    completions = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert len(completions) == 2 * 2 * 3 and {"completion", "reward", "rewards/length", "advantage"} <= set(completions[0])
+    evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 1, 2] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
+
+
+def test_checkpoints_keep_the_last_k(tokenizer, length_reward, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=4, keep_last=2)
+    trainer.train()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
+    saved = list_checkpoints(tmp_path)[-1]
+    assert {"model", "trainer_state.pt", "config.yaml"} <= {p.name for p in saved.iterdir()}
+    state = torch.load(saved / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 4 and {"python", "numpy", "torch"} <= set(state["rng"]) and "sampler" in state
+
+
+RUN_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from grpo_helpers import rewards
+    from grpo_helpers.config import load_config
+    from grpo_helpers.data import generate_countdown
+    from grpo_helpers.models import load_tokenizer
+    from grpo_helpers.trainer import Callback, GRPOTrainer
+    from tiny import length_reward, tiny_lora
+
+    rewards.REWARD_FUNCTIONS["length"] = length_reward
+    kill_at = int(sys.argv[2])
+
+    class KillAfterCheckpoint(Callback):
+        def on_checkpoint(self, trainer, path):
+            if trainer.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: a real crash
+
+    tokenizer = load_tokenizer()
+    tasks = generate_countdown(40, seed=1)
+    config = load_config("cpu", num_tasks=40, test_size=8, eval_tasks=4, max_steps=4, num_prompts=2, group_size=3,
+                         max_new_tokens=8, beta=0.04, lr=1e-2, save_every=2, eval_every=2,
+                         reward_weights={{"length": 1.0, "format": 1.0}}, output_dir=sys.argv[1],
+                         resume=sys.argv[3] == "resume")
+    GRPOTrainer(config, train_tasks=tasks[:32], test_tasks=tasks[32:], model=tiny_lora(tokenizer),
+                tokenizer=tokenizer, callbacks=[KillAfterCheckpoint()]).train()
+""")
+
+
+def run_script(tmp_path, output_dir, kill_at, mode):
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), str(output_dir), str(kill_at), mode], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    done = run_script(tmp_path, straight, kill_at=-1, mode="fresh")
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = run_script(tmp_path, crashed, kill_at=2, mode="fresh")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(crashed)] == ["step-000002"]
+    resumed = run_script(tmp_path, crashed, kill_at=-1, mode="resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    read = lambda d, name: [comparable(json.loads(line)) for line in (d / name).read_text().splitlines()]
+    assert read(crashed, "metrics.jsonl") == read(straight, "metrics.jsonl")
+    assert read(crashed, "eval.jsonl") == read(straight, "eval.jsonl")
+    assert read(crashed, "completions.jsonl") == read(straight, "completions.jsonl")
+
+
+def test_a_crash_during_checkpoint_write_keeps_the_previous_one(tokenizer, length_reward, tmp_path, monkeypatch):
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=3)
+    trainer.train_step()
+    trainer.step = 1
+    first = trainer.save_checkpoint()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    trainer.train_step()
+    trainer.step = 2
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(torch, "save", crash)
+        trainer.save_checkpoint()
+    assert list_checkpoints(tmp_path) == [first]  # the half-written folder is not mistaken for a checkpoint
+    fresh = make_trainer(tokenizer, tmp_path, resume=True)
+    assert fresh.step == 1
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tokenizer, length_reward, tmp_path, monkeypatch):
+    import grpo_helpers.trainer as trainer_module
+
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=3)
+    real_loss = trainer_module.grpo_loss
+
+    def nan_after_first_step(*args, **kwargs):
+        loss, stats = real_loss(*args, **kwargs)
+        return (loss * float("nan") if trainer.step >= 1 else loss), stats
+
+    monkeypatch.setattr(trainer_module, "grpo_loss", nan_after_first_step)
+    with pytest.raises(FloatingPointError, match="at step 2") as error:
+        trainer.train()
+    assert "step-000001" in str(error.value)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000001"]
+
+
+@pytest.mark.parametrize("field, value", [("group_size", 1), ("loss_type", "ppo"), ("num_prompts", 0),
+                                          ("eval_tasks", 10_000)])
+def test_bad_configs_fail_when_the_config_is_built(field, value):
+    """The trainer takes a built config, so these errors come before any model or data is loaded."""
+    with pytest.raises(ConfigError, match=field):
+        load_config("cpu", **{field: value})
