@@ -3,8 +3,8 @@
     python bench/bench_logprobs.py [--rows 8 --prompt 145 --completion 256 --chunk-size 128 --checkpointing both]
 
 Each (variant, backbone-checkpointing) pair runs forward + backward in its own fresh subprocess, so no run sees
-another's allocator state. With backbone gradient checkpointing the logits dominate the pass; without it the
-backbone's saved activations (~1 MiB per token for this model with LoRA) dominate both variants alike.
+another's allocator state. With backbone gradient checkpointing the naive pass is dominated by its logits; without
+it the backbone's saved activations (~1.3 MiB per token for this model with LoRA) dominate both variants alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_helpers.loss import completion_logprobs, naive_completion_logprobs
+from grpo_helpers.loss import _final_hidden, completion_logprobs, naive_completion_logprobs
 from grpo_helpers.models import load_model_and_tokenizer
 
 # glibc keeps freed heap blocks resident and raises its mmap threshold dynamically, which hides a pass's true
@@ -30,7 +30,10 @@ METHOD = ("peak RSS: each (variant, checkpointing) runs in a fresh subprocess wi
           ">= 64 KiB (freed memory returns to the OS); load the LoRA model (lora_dropout 0, train mode), build the "
           "batch, warm up on one short row (faults in the lazily mapped weights), then reset the kernel's peak "
           "counter (write 5 to /proc/self/clear_refs), read VmRSS, run forward + backward of sum(logps * w * mask) "
-          "and report VmHWM minus that VmRSS. The naive reference is model(..., logits_to_keep=C+1), which "
+          "and report VmHWM minus that VmRSS. 'backbone only' is the decoder pass both variants share (the same "
+          "call, no LM head), measured in its own process: variant minus it is the LM head's share, give or take "
+          "~40 MiB of run-to-run noise (the chunked pass peaks inside the backbone's backward, after its logit "
+          "chunks are freed, so its share is ~0). The naive reference is model(..., logits_to_keep=C+1), which "
           "materialises N x (C+1) x V fp32 logits (TRL's way), not all N x T x V")
 
 
@@ -65,7 +68,13 @@ def run_one(args: argparse.Namespace) -> None:
     ids, mask, weights = make_batch(args.rows, args.prompt, args.completion, model.config.vocab_size, args.seed)
     c = args.completion
 
+    hidden_weights = torch.randn(args.rows, c, model.config.hidden_size)  # (N, C, H), for the backbone-only pass
+
     def fwd_bwd(ids_, mask_, weights_):
+        if args.one_variant == "backbone":  # what both variants share: decoder forward + backward, no LM head
+            hidden = _final_hidden(model, ids_, mask_)  # the very call completion_logprobs makes
+            (hidden[:, -c - 1:-1] * hidden_weights[: len(ids_)]).sum().backward()
+            return torch.zeros(len(ids_), c)
         if args.one_variant == "chunked":
             logps = completion_logprobs(model, ids_, mask_, c, chunk_size=args.chunk_size)
         else:
@@ -85,13 +94,18 @@ def run_one(args: argparse.Namespace) -> None:
                 "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}}, args.out)
 
 
-def compare(naive: dict, chunked: dict) -> dict:
+def compare(naive: dict, chunked: dict, backbone: dict) -> dict:
     real = naive["mask"].bool()
     mib = lambda kib: round(kib / 1024, 1)  # noqa: E731
+    head = {name: run["peak_extra_kib"] - backbone["peak_extra_kib"] for name, run in (("naive", naive),
+                                                                                         ("chunked", chunked))}
     return {
         "naive_peak_extra_mib": mib(naive["peak_extra_kib"]),
         "chunked_peak_extra_mib": mib(chunked["peak_extra_kib"]),
         "memory_ratio": round(chunked["peak_extra_kib"] / naive["peak_extra_kib"], 3),
+        "backbone_only_peak_extra_mib": mib(backbone["peak_extra_kib"]),
+        "naive_minus_backbone_mib": mib(head["naive"]),
+        "chunked_minus_backbone_mib": mib(head["chunked"]),
         "max_abs_logp_diff": (naive["logps"] - chunked["logps"])[real].abs().max().item(),
         "max_abs_lora_grad_diff": max((naive["grads"][n] - g).abs().max().item() for n, g in chunked["grads"].items()),
         "max_abs_lora_grad": max(g.abs().max().item() for g in naive["grads"].values()),
@@ -111,7 +125,7 @@ def main() -> None:
                         help="backbone gradient checkpointing in the measured pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--one-variant", choices=["chunked", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--one-variant", choices=["chunked", "naive", "backbone"], help=argparse.SUPPRESS)
     parser.add_argument("--one-checkpointing", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,14 +138,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for checkpointing in (["on", "off"] if args.checkpointing == "both" else [args.checkpointing]):
             runs = {}
-            for variant in ("naive", "chunked"):
+            for variant in ("naive", "chunked", "backbone"):
                 out = Path(tmp) / f"{variant}-{checkpointing}.pt"
                 subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one-variant", variant,
                                 "--one-checkpointing", checkpointing, "--out", str(out)],
                                check=True, env={**os.environ, **MALLOC_ENV})
                 runs[variant] = torch.load(out)
             report["vocab"] = runs["naive"]["vocab"]
-            report[f"backbone_checkpointing_{checkpointing}"] = compare(runs["naive"], runs["chunked"])
+            report[f"backbone_checkpointing_{checkpointing}"] = compare(runs["naive"], runs["chunked"], runs["backbone"])
     report.update({"load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                    "targets": {"memory_ratio (checkpointing on)": "<= 0.25", "max_abs_logp_diff": "<= 1e-5"},
                    "method": METHOD})

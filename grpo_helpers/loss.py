@@ -49,6 +49,26 @@ def _position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # (N, T)
 
 
+def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The decoder's final (normed) hidden states, (N, T, H), taken by a hook during a call of `model` itself.
+
+    Calling the top-level model (with logits for the last position only) rather than its decoder keeps
+    wrappers working: DistributedDataParallel synchronises gradients only for a pass through its own forward.
+    """
+    captured: list[Tensor] = []
+
+    def keep(module, args, output) -> None:  # returns None: the model's own output is left unchanged
+        captured.append(output.last_hidden_state)
+
+    hook = getattr(model, "module", model).get_decoder().register_forward_hook(keep)  # DDP: real model in .module
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+              use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
 def _token_logps(logits: Tensor, targets: Tensor, temperature: float, return_entropy: bool):
     """fp32 log-softmax at the sampling temperature, gathered at the target tokens (entropy detached, for logs)."""
     logps_all = F.log_softmax(logits.float() / temperature, dim=-1)  # (..., V)
@@ -78,17 +98,16 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
     The decoder backbone gives hidden states; the C positions that predict completion tokens go through the
     LM head `chunk_size` tokens at a time. Each chunk is checkpointed, so autograd keeps only its (chunk, H)
     input and recomputes the (chunk, V) logits in backward: peak memory is one chunk of logits, not all of them.
-    Works for a plain HF causal LM and for a peft model (LoRA layers live inside the backbone it returns).
-    Assumes the head is a plain linear layer (no logit soft-capping/scaling), true for Llama/Qwen2/SmolLM2.
+    Works for a plain HF causal LM, a peft model and a DDP-wrapped one (see `_final_hidden`). Assumes the head
+    is a plain linear layer (no logit soft-capping or scaling), true for Llama, Qwen2 and SmolLM2.
     """
     _check_lengths(input_ids, attention_mask, completion_len, temperature)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed: an integer >= 1 (tokens per LM-head chunk)")
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+    hidden = _final_hidden(model, input_ids, attention_mask)  # (N, T, H)
     hidden = hidden[:, -completion_len - 1:-1].reshape(-1, hidden.shape[-1])  # (N*C, H): position t predicts t+1
     targets = input_ids[:, -completion_len:].reshape(-1)  # (N*C,)
-    head = model.get_output_embeddings()
+    head = getattr(model, "module", model).get_output_embeddings()
 
     def chunk_logps(h: Tensor, y: Tensor):
         return _token_logps(head(h), y, temperature, return_entropy)

@@ -51,8 +51,8 @@ def _paren_depth(text: str) -> int:
 def _parse(text: str) -> tuple[ast.expr, list[int]] | None:
     """Bounded parse into an AST of integer literals and + - * /, plus its literals in order; None if not allowed.
 
-    Unary minus (and plus) is rejected: Countdown numbers are positive, and "-" would let the model invent
-    numbers ("-3" is not one of the given 3s) or cancel a term it failed to use.
+    Unary minus (and plus) is rejected: the game has positive numbers and binary operations only, and "-3"
+    acts like "0 - 3", a number the task did not give.
     """
     if not isinstance(text, str) or len(text) > MAX_EXPRESSION_CHARS or not _ALLOWED_CHARS.fullmatch(text):
         return None

@@ -14,7 +14,7 @@ from grpo_helpers.loss import completion_logprobs, group_advantages, grpo_loss, 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 
 
-# ---------------------------------------------------------------- references (loops over python floats)
+# ---------------------------------------------------------------- references: explicit loops, float64
 
 def ref_advantages(rewards: list[float], group_size: int, scale: str, eps: float = 1e-4) -> list[float]:
     def std(xs):  # unbiased
@@ -281,12 +281,14 @@ def test_chunked_logprobs_keep_no_vocab_sized_tensor_for_backward():
     model = tiny_model(lora=True)
     ids, mask, c = tiny_batch()
     vocab = model.config.vocab_size
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # saving a weight costs nothing
 
     def largest_saved_vocab_tensor(fn, **kwargs) -> int:
         seen = []
 
         def pack(t):
-            if t.ndim >= 1 and t.shape[-1] == vocab and t.dtype.is_floating_point:
+            is_weight = t.untyped_storage().data_ptr() in weights
+            if t.ndim >= 1 and t.shape[-1] == vocab and t.dtype.is_floating_point and not is_weight:
                 seen.append(t.numel() // vocab)  # rows of logits held for backward
             return t
 
@@ -307,3 +309,33 @@ def test_logprob_errors():
         completion_logprobs(model, ids, mask, c, chunk_size=0)
     with pytest.raises(ValueError, match="attention_mask"):
         completion_logprobs(model, ids, mask[:, 1:], c)
+
+
+def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """One rank: local LoRA gradients, then gradients through DDP (which must average them over ranks)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    model = tiny_model(lora=True)  # same seed on every rank: identical weights
+    ids, mask, c = tiny_batch()
+    ids = (ids + 37 * rank) % 1000  # each rank scores different completions
+    params = [p for p in model.parameters() if p.requires_grad]
+    local = torch.autograd.grad(completion_logprobs(model, ids, mask, c, chunk_size=4).sum(), params)
+    ddp = DistributedDataParallel(model)
+    completion_logprobs(ddp, ids, mask, c, chunk_size=4).sum().backward()
+    torch.save({"local": local, "ddp": [p.grad for p in params]}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # spawns two processes (~25 s of imports)
+def test_chunked_logprobs_through_ddp_average_gradients_over_ranks(tmp_path):
+    """The pass goes through the DDP wrapper's forward, so its gradient hooks fire and ranks stay in sync."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for p0, p1, l0, l1 in zip(ranks[0]["ddp"], ranks[1]["ddp"], ranks[0]["local"], ranks[1]["local"]):
+        assert torch.allclose(p0, p1, atol=1e-6)
+        assert torch.allclose(p0, (l0 + l1) / 2, atol=1e-6)
+    assert not torch.allclose(ranks[0]["local"][0], ranks[1]["local"][0])  # the ranks really differed

@@ -1,0 +1,417 @@
+"""Chapter 06: load the trained adapter, ask it for answers, and measure it against the base model.
+
+A few dozen held-out tasks give noisy rates, so every rate comes with a Wilson 95% interval, and pass@k uses the
+unbiased estimator of Chen et al. (2021) over n >= k samples per task instead of "any of k samples correct".
+Base and fine-tuned models are sampled with the same per-batch seeds (common random numbers), so a difference
+between them comes from the weights, not from luckier draws.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from numbers import Integral
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from grpo_helpers.data import render_prompt, render_prompts, validate_rows
+from grpo_helpers.models import load_model_and_tokenizer, load_tokenizer
+from grpo_helpers.rewards import equation_reward, evaluate_expression, extract_answer, score_completions
+from grpo_helpers.rollout import generate_groups
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EXPECTED_ADAPTER = ("a folder with adapter_config.json and adapter_model.safetensors, as written by "
+                    "GRPOTrainer.save_adapter (chapter 04 writes it to {run_dir}/adapter)")
+EVAL_WEIGHTS = {"format": 1.0, "equation": 1.0}
+AHA_PATTERNS = ("wait", "let's try another", "let me try", "aha", "actually", "recheck", "mistake")
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_adapter_dir(adapter: str | Path) -> Path:
+    """The adapter folder, or an error that says what was expected and what the folder looks like instead."""
+    path = Path(adapter).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"adapter {str(path)!r} does not exist: expected {EXPECTED_ADAPTER}")
+    if not path.is_dir():
+        raise ValueError(f"adapter {str(path)!r} is a file: expected {EXPECTED_ADAPTER}")
+    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing:
+        hint = ""
+        if (path / "model" / ADAPTER_FILES[0]).is_file():
+            hint = f". It looks like a training checkpoint: its adapter is {str(path / 'model')!r}"
+        elif (path / "config.json").is_file():
+            hint = ". It looks like a full model folder: pass it as base_model with adapter=None"
+        raise FileNotFoundError(f"adapter folder {str(path)!r} has no {' and no '.join(missing)}: "
+                                f"expected {EXPECTED_ADAPTER}{hint}")
+    return path
+
+
+def _describe_base(base: torch.nn.Module, name: str | None) -> str:
+    if name:
+        return repr(name)
+    config = getattr(base, "config", None)
+    shape = f"(hidden_size={getattr(config, 'hidden_size', '?')}, layers={getattr(config, 'num_hidden_layers', '?')})"
+    return f"a {type(base).__name__}{shape}"
+
+
+def _attach_adapter(base: torch.nn.Module, path: Path, base_name: str | None) -> torch.nn.Module:
+    """PeftModel.from_pretrained, plus the check peft only warns about: every adapter weight found its module."""
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    try:
+        trained_on = json.loads((path / ADAPTER_FILES[0]).read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / ADAPTER_FILES[0]} is not valid JSON ({err.msg}): expected {EXPECTED_ADAPTER}") from err
+    mismatch = (f"adapter {str(path)!r} does not fit the base model {_describe_base(base, base_name)}"
+                + (f" (the adapter was trained on {trained_on!r})" if trained_on else ""))
+    try:
+        model = PeftModel.from_pretrained(base, path)
+    except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, no matching target modules, ...
+        raise ValueError(f"{mismatch}: {str(err).strip().splitlines()[0]}") from err
+    with safe_open(str(path / ADAPTER_FILES[1]), framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(model).keys())
+    if saved != expected:
+        raise ValueError(f"{mismatch}: {len(expected - saved)} adapter weights of this base are missing from the "
+                         f"file and {len(saved - expected)} in the file have no module here "
+                         f"(e.g. {sorted(expected ^ saved)[0]})")
+    return model
+
+
+def load_policy(base_model: str | Path | torch.nn.Module, adapter: str | Path | None = None, *,
+                tokenizer=None, device: torch.device | str | None = None, dtype: str = "auto",
+                merge: bool = False):
+    """(model, tokenizer) ready to sample: the base model plus the LoRA adapter trained in chapter 04.
+
+    `base_model` is a model name or folder (loaded with `load_model_and_tokenizer`) or an already-built model
+    (reuse weights in memory, or a tiny test model). The tokenizer is `tokenizer`, else the one saved in the
+    adapter folder (what training used), else base_model's. `merge=True` folds the adapter into the weights:
+    the same outputs, no peft wrapper, no extra matmuls per layer."""
+    path = None if adapter is None else _check_adapter_dir(adapter)
+    if isinstance(base_model, (str, Path)):
+        base_name = str(base_model)
+        base, base_tokenizer = load_model_and_tokenizer(base_name, dtype=dtype, device=device)
+    elif isinstance(base_model, torch.nn.Module):
+        base_name, base_tokenizer = None, None
+        base = base_model if device is None else base_model.to(device)
+    else:
+        raise TypeError(f"base_model is a {type(base_model).__name__}: expected a model name, a folder path or a "
+                        f"torch model")
+    if tokenizer is None:
+        if path is not None and (path / "tokenizer_config.json").is_file():
+            tokenizer = load_tokenizer(str(path))
+        elif base_tokenizer is not None:
+            tokenizer = base_tokenizer
+        else:
+            raise ValueError("base_model is a model object and there is no tokenizer in the adapter folder: "
+                             "pass tokenizer=")
+    model = base if path is None else _attach_adapter(base, path, base_name)
+    if merge and path is not None:
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer
+
+
+def merge_and_save(model: torch.nn.Module, tokenizer, path: str | Path) -> Path:
+    """A standalone folder (merged weights W + scale * B @ A, and the tokenizer) that plain transformers loads
+    without peft. The merge runs on a copy, so `model` keeps its adapter (it costs one model copy of memory)."""
+    if not hasattr(model, "merge_and_unload"):
+        raise TypeError(f"{type(model).__name__} has no adapter to merge: expected the peft model that "
+                        f"load_policy(base_model, adapter) returns")
+    path = Path(path)
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One task
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
+
+
+def _check_sampling(temperature: Any, greedy: bool) -> None:
+    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+    if not greedy and not ok:
+        raise ValueError(f"temperature={temperature!r} is not allowed: a number > 0 (or greedy=True)")
+
+
+def _generator(model: torch.nn.Module, seed: int) -> torch.Generator:
+    """A sampling generator on the model's device (torch.multinomial needs the generator where the probs are)."""
+    device = next(model.parameters()).device
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+def check_task(nums: Any, target: Any) -> tuple[list[int], int]:
+    """Clean (nums, target) for a user-given task, or a ValueError naming the bad value."""
+    if not isinstance(nums, (list, tuple)) or not nums or not all(
+            isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
+        raise ValueError(f"nums={nums!r} is not allowed: a non-empty list of positive integers, e.g. [3, 5, 7]")
+    if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
+        raise ValueError(f"target={target!r} is not allowed: a positive integer")
+    return [int(x) for x in nums], int(target)
+
+
+def solve_task(model: torch.nn.Module, tokenizer, nums: Sequence[int], target: int, *, max_new_tokens: int = 256,
+               greedy: bool = True, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Ask the model one task with the chapter's prompt and check its answer with the verifier of chapter 02.
+
+    `value` is the exact value of the answer (safe evaluator, never eval), so a wrong answer shows how far off it is."""
+    nums, target = check_task(nums, target)
+    _check_positive_int("max_new_tokens", max_new_tokens)
+    _check_sampling(temperature, greedy)
+    task = {"nums": nums, "target": target}
+    rollout = generate_groups(model, tokenizer, [render_prompt(tokenizer, task)], group_size=1,
+                              max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy,
+                              generator=_generator(model, seed))
+    text = rollout.texts[0]
+    scores = score_completions([text], nums=[nums], target=[target], weights=EVAL_WEIGHTS)
+    answer = extract_answer(text)
+    value: Fraction | None = None if answer is None else evaluate_expression(answer)
+    return {"nums": nums, "target": target, "completion": text, "answer": answer, "value": value,
+            "format": scores.per_function["format"][0], "equation": scores.per_function["equation"][0],
+            "correct": scores.per_function["equation"][0] == 1.0, "tokens": int(rollout.lengths[0]),
+            "truncated": bool(rollout.truncated[0])}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of P(at least one of k samples is correct) from n samples of which c are correct:
+    1 - C(n-c, k) / C(n, k), the chance that k samples drawn without replacement from the n miss every correct one."""
+    for name, value, low in (("n", n, 1), ("c", c, 0), ("k", k, 1)):
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} is not allowed: an integer >= {low}")
+    if c > n or k > n:
+        raise ValueError(f"c={c}, k={k} are not allowed with n={n}: need c <= n and k <= n")
+    return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial rate; unlike p +- z*sqrt(p(1-p)/n) it stays inside [0, 1] and is not
+    zero-width at 0/n or n/n, which matters for the small accuracies of a small model."""
+    if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n={n!r} is not allowed: an integer >= 1")
+    if not isinstance(successes, Integral) or isinstance(successes, bool) or not 0 <= successes <= n:
+        raise ValueError(f"successes={successes!r} is not allowed: an integer in 0..n={n}")
+    if not z > 0:
+        raise ValueError(f"z={z!r} is not allowed: a number > 0 (1.96 for 95%)")
+    p = successes / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalResult:
+    """Rates on a task set. accuracy and format_rate describe the FIRST sample of each task (one Bernoulli per
+    task, so the Wilson interval applies and the numbers mean the same for any k); pass_at uses all k samples."""
+
+    k: int
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    format_rate: float
+    format_ci: tuple[float, float]
+    mean_length: float  # tokens per completion, all samples
+    pass_at: dict[int, float]  # j -> unbiased pass@j from the k samples, j = 1..k
+    pass_at_k_ci: tuple[float, float]  # Wilson interval of pass@k (= share of tasks with a correct sample)
+    records: list[dict[str, Any]]  # per task: nums, target, solution, completions, correct, formatted, lengths, ...
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.records)
+
+    @property
+    def solved(self) -> list[bool]:
+        """Per task: is the first sample correct (what accuracy counts)."""
+        return [r["correct"][0] for r in self.records]
+
+    def summary(self) -> dict[str, float]:
+        out = {"tasks": self.num_tasks, "accuracy": self.accuracy, "format_rate": self.format_rate,
+               "mean_length": self.mean_length}
+        out.update({f"pass@{j}": v for j, v in self.pass_at.items()})
+        return out
+
+
+def score_samples(tasks: list[dict], completions: list[list[str]], *, lengths: list[list[int]],
+                  truncated: list[list[bool]] | None = None) -> EvalResult:
+    """Score k completions per task (the same k for every task) with the chapter 02 verifier and aggregate."""
+    tasks = validate_rows(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty: evaluate at least one task")
+    k = len(completions[0]) if completions else 0
+    if len(completions) != len(tasks) or k < 1 or any(len(c) != k for c in completions):
+        raise ValueError(f"completions must hold the same number (>= 1) of samples for each of the {len(tasks)} "
+                         f"tasks, got {[len(c) for c in completions]}")
+    if len(lengths) != len(tasks) or any(len(x) != k for x in lengths):
+        raise ValueError("lengths must have the same shape as completions (tasks x k)")
+    truncated = truncated if truncated is not None else [[False] * k for _ in tasks]
+    flat = [text for texts in completions for text in texts]
+    scores = score_completions(flat, nums=[t["nums"] for t in tasks for _ in range(k)],
+                               target=[t["target"] for t in tasks for _ in range(k)], weights=EVAL_WEIGHTS)
+    records = []
+    for i, task in enumerate(tasks):
+        rows = slice(i * k, (i + 1) * k)
+        correct = [v == 1.0 for v in scores.per_function["equation"][rows]]
+        records.append({"index": i, "nums": task["nums"], "target": task["target"], "solution": task["solution"],
+                        "completions": list(completions[i]), "correct": correct,
+                        "formatted": [v == 1.0 for v in scores.per_function["format"][rows]],
+                        "lengths": [int(x) for x in lengths[i]], "truncated": [bool(x) for x in truncated[i]],
+                        "num_correct": sum(correct)})
+    n = len(records)
+    first_correct = sum(r["correct"][0] for r in records)
+    first_formatted = sum(r["formatted"][0] for r in records)
+    any_correct = sum(r["num_correct"] > 0 for r in records)
+    return EvalResult(
+        k=k, accuracy=first_correct / n, accuracy_ci=wilson_interval(first_correct, n),
+        format_rate=first_formatted / n, format_ci=wilson_interval(first_formatted, n),
+        mean_length=sum(sum(r["lengths"]) for r in records) / (n * k),
+        pass_at={j: sum(pass_at_k(k, r["num_correct"], j) for r in records) / n for j in range(1, k + 1)},
+        pass_at_k_ci=wilson_interval(any_correct, n), records=records)
+
+
+def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1, max_new_tokens: int = 256,
+             temperature: float = 1.0, greedy: bool = False, batch_size: int = 8, seed: int = 0,
+             desc: str = "evaluate") -> EvalResult:
+    """k samples per task (greedy only with k == 1: greedy samples are identical), scored and aggregated.
+
+    `batch_size` tasks (batch_size * k completions) are generated together; batch b is sampled with its own
+    generator seeded from (seed, b), so the same tasks, seed and batch_size give the same samples, and two models
+    evaluated with the same seed share their random numbers."""
+    tasks = validate_rows(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty: evaluate at least one task")
+    for name, value in (("k", k), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        _check_positive_int(name, value)
+    if greedy and k > 1:
+        raise ValueError(f"greedy=True with k={k} is not allowed: greedy samples of a task are identical, so "
+                         f"pass@k would equal accuracy; use k=1 for greedy, or greedy=False to sample k")
+    _check_sampling(temperature, greedy)
+    start = time.perf_counter()
+    completions, lengths, truncated = [], [], []
+    for first in tqdm(range(0, len(tasks), batch_size), desc=desc, unit="batch"):
+        chunk = tasks[first:first + batch_size]
+        rollout = generate_groups(model, tokenizer, render_prompts(tokenizer, chunk), group_size=k,
+                                  max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy,
+                                  generator=_generator(model, seed * 1_000_003 + first))
+        for i in range(len(chunk)):  # rows i*k .. i*k + k - 1 are the samples of task i (prompt-major)
+            completions.append(rollout.texts[i * k:(i + 1) * k])
+            lengths.append(rollout.lengths[i * k:(i + 1) * k].tolist())
+            truncated.append(rollout.truncated[i * k:(i + 1) * k].tolist())
+    result = score_samples(tasks, completions, lengths=lengths, truncated=truncated)
+    result.settings = {"k": k, "greedy": greedy, "temperature": temperature, "max_new_tokens": max_new_tokens,
+                       "batch_size": batch_size, "seed": seed, "seconds": time.perf_counter() - start}
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparison
+
+
+def _check_comparable(base: EvalResult, tuned: EvalResult) -> None:
+    same = [(r["nums"], r["target"]) for r in base.records] == [(r["nums"], r["target"]) for r in tuned.records]
+    if not same:
+        raise ValueError(f"the two results are on different tasks ({base.num_tasks} vs {tuned.num_tasks}, or a "
+                         f"different order): evaluate both models on the same task list")
+    if base.k != tuned.k:
+        raise ValueError(f"the two results use k={base.k} and k={tuned.k} samples per task: evaluate both with the same k")
+
+
+def compare(base_result: EvalResult, tuned_result: EvalResult) -> dict[str, Any]:
+    """Side-by-side numbers and the tasks one model solves (first sample correct) and the other does not."""
+    _check_comparable(base_result, tuned_result)
+    base, tuned = base_result.summary(), tuned_result.summary()
+    table = [{"metric": name, "base": base[name], "tuned": tuned[name], "change": tuned[name] - base[name]}
+             for name in base if name != "tasks"]
+
+    def rows(solved_by: EvalResult, missed_by: EvalResult) -> list[dict[str, Any]]:
+        return [{"index": a["index"], "nums": a["nums"], "target": a["target"], "solution": a["solution"],
+                 "base": base_result.records[a["index"]]["completions"][0],
+                 "tuned": tuned_result.records[a["index"]]["completions"][0]}
+                for a, b in zip(solved_by.records, missed_by.records) if a["correct"][0] and not b["correct"][0]]
+
+    both = sum(a and b for a, b in zip(base_result.solved, tuned_result.solved))
+    neither = sum(not a and not b for a, b in zip(base_result.solved, tuned_result.solved))
+    return {"tasks": base_result.num_tasks, "table": table, "only_base": rows(base_result, tuned_result),
+            "only_tuned": rows(tuned_result, base_result), "both": both, "neither": neither}
+
+
+def plot_comparison(base_result: EvalResult, tuned_result: EvalResult, *,
+                    labels: tuple[str, str] = ("base", "fine-tuned"), title: str | None = None):
+    """Grouped bars of accuracy, format rate and pass@k with Wilson 95% error bars; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    _check_comparable(base_result, tuned_result)
+    k = base_result.k
+    names = ["accuracy", "format rate", f"pass@{k}"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    for offset, result, label, color in ((-width / 2, base_result, labels[0], "tab:gray"),
+                                         (width / 2, tuned_result, labels[1], "tab:blue")):
+        values = [result.accuracy, result.format_rate, result.pass_at[k]]
+        intervals = [result.accuracy_ci, result.format_ci, result.pass_at_k_ci]
+        errors = [[v - lo for v, (lo, _) in zip(values, intervals)], [hi - v for v, (_, hi) in zip(values, intervals)]]
+        xs = [i + offset for i in range(len(names))]
+        ax.bar(xs, values, width, yerr=errors, capsize=4, label=label, color=color)
+        for x, v in zip(xs, values):
+            ax.text(x, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate (Wilson 95% interval)")
+    ax.set_title(title or f"{base_result.num_tasks} held-out tasks, {k} sample(s) each")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# "Aha" moments
+
+
+def find_aha(records: list[dict], *, patterns: Sequence[str] = AHA_PATTERNS) -> list[dict[str, Any]]:
+    """Completions that correct themselves (a phrase from `patterns`, any case, as whole words) AND end with a
+    correct answer, most corrections first, then shortest. Correctness is re-checked with the verifier, so the
+    records can be EvalResult.records (`completions` lists) or training log rows (one `completion` each)."""
+    if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) and p.strip() for p in patterns):
+        raise ValueError(f"patterns={patterns!r} is not allowed: a non-empty list of non-empty phrases")
+    # escaped literals between word-boundary lookarounds: linear time on untrusted text
+    regex = re.compile("|".join(rf"(?<!\w){re.escape(p.strip())}(?!\w)" for p in patterns), re.IGNORECASE)
+    found = []
+    for index, record in enumerate(records):
+        texts = record["completions"] if "completions" in record else [record["completion"]]
+        correct = equation_reward(list(texts), nums=[record["nums"]] * len(texts), target=[record["target"]] * len(texts))
+        for text, ok in zip(texts, correct):
+            hits = [m.group(0).lower() for m in regex.finditer(text)]
+            if ok == 1.0 and hits:
+                found.append({"record": index, "nums": record["nums"], "target": record["target"], "completion": text,
+                              "phrases": sorted(set(hits)), "corrections": len(hits), "length": len(text)})
+    return sorted(found, key=lambda a: (-a["corrections"], a["length"]))
+
+
+__all__ = [
+    "AHA_PATTERNS", "EVAL_WEIGHTS", "EvalResult", "load_policy", "merge_and_save", "check_task", "solve_task",
+    "pass_at_k", "wilson_interval", "score_samples", "evaluate", "compare", "plot_comparison", "find_aha",
+]

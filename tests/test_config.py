@@ -1,0 +1,64 @@
+"""Configs: validated on construction with errors that name the field, overridable by plain names, YAML in/out."""
+
+from __future__ import annotations
+
+import pytest
+
+from grpo_helpers.config import PRESETS, ConfigError, GRPOConfig, config_from_dict, load_config
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_build_and_round_trip_through_yaml(preset, tmp_path):
+    config = load_config(preset)
+    config.save_yaml(tmp_path / "c.yaml")
+    assert load_config(str(tmp_path / "c.yaml")) == config
+
+
+def test_gpu_preset_has_the_seed_settings():
+    c = load_config("gpu-qwen2.5-3b")
+    assert (c.model.model, c.model.lora_r, c.model.lora_alpha) == ("Qwen/Qwen2.5-3B", 16, 64)
+    assert (c.rollout.group_size, c.rollout.num_prompts, c.rollout.max_new_tokens) == (12, 4, 1024)
+
+
+def test_plain_and_dotted_overrides_reach_their_section():
+    c = load_config("cpu", group_size=6, **{"loss.beta": 0.1}, train={"lr": 3e-5})
+    assert (c.rollout.group_size, c.loss.beta, c.train.lr) == (6, 0.1, 3e-5)
+    assert c.replace(max_steps=7).train.max_steps == 7 and c.train.max_steps != 7
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("group_size", 1, "integer >= 2"),
+    ("loss_type", "ppo", "'grpo', 'bnpo', 'dr_grpo', 'dapo'"),
+    ("temperature", 0.0, "(0.0, 10.0]"),
+    ("top_p", 1.5, "(0.0, 1.0]"),
+    ("dtype", "fp8", "'auto'"),
+    ("scale_rewards", "median", "'group', 'batch', 'none'"),
+    ("reward_weights", {"accuracy": 1.0}, "'format', 'equation'"),
+    ("test_size", 10**6, "fewer than num_tasks"),
+    ("max_steps", 2.5, "integer >= 1"),
+])
+def test_bad_values_name_the_field_the_value_and_what_is_allowed(field, value, allowed):
+    with pytest.raises(ConfigError) as error:
+        load_config("cpu", **{field: value})
+    message = str(error.value)
+    assert field.split("_")[0] in message and allowed in message, message
+
+
+def test_unknown_fields_are_errors_with_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean group_size"):
+        config_from_dict({"groupsize": 4})
+    with pytest.raises(ConfigError, match="unknown config field 'model.lr'"):
+        config_from_dict({"model.lr": 1e-3})
+
+
+def test_missing_file_and_non_mapping_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config(str(tmp_path / "nope.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(tmp_path / "list.yaml"))
+
+
+def test_defaults_are_valid_and_flat_names_are_unique():
+    flat = GRPOConfig().flat()
+    assert len(flat) == sum(len(section) for section in GRPOConfig().to_dict().values())
