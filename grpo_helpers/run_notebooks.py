@@ -64,6 +64,12 @@ def export_figures(executed: Path, folder: Path) -> list[Path]:
     return written
 
 
+def shared_paths(declared: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """The run folder (and chapter 04's training folder inside it) for every notebook that declares them."""
+    paths = {"run_dir": str(out_dir), "output_dir": str(out_dir / "train")}
+    return {name: value for name, value in paths.items() if name in declared}
+
+
 def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
     """Execute the chapters; returns one record per notebook (name, seconds, output path, figures)."""
     import papermill
@@ -75,8 +81,7 @@ def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None)
     for number, notebook in enumerate(notebooks, 1):
         declared = declared_parameters(notebook)
         passed = {k: v for k, v in params.items() if k in declared}
-        if "run_dir" in declared:
-            passed["run_dir"] = str(out_dir)
+        passed.update(shared_paths(declared, out_dir))
         print(f"[{number}/{len(notebooks)}] {notebook.name}  ({', '.join(f'{k}={v}' for k, v in passed.items())})",
               flush=True)
         executed = out_dir / notebook.name

@@ -12,7 +12,7 @@ import papermill
 import pytest
 import yaml
 
-from grpo_helpers.run_notebooks import NOTEBOOKS_DIR, chapter_notebooks, declared_parameters, run
+from grpo_helpers.run_notebooks import NOTEBOOKS_DIR, chapter_notebooks, declared_parameters, run, shared_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = chapter_notebooks()
@@ -89,8 +89,7 @@ def test_nbval_lax_on_prepared_notebooks(tmp_path, smoke_run):
     for notebook in NOTEBOOKS:
         declared = declared_parameters(notebook)
         params = {k: v for k, v in SMOKE.items() if k in declared}
-        if "run_dir" in declared:
-            params["run_dir"] = str(run_dir)
+        params.update(shared_paths(declared, run_dir / "nbval"))
         papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
                                    prepare_only=True, progress_bar=False)
     result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
