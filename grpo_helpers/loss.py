@@ -44,7 +44,7 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", 
     return torch.where(constant, torch.zeros_like(centred), centred).view(-1)  # (N,)
 
 
-def _position_ids(attention_mask: Tensor) -> Tensor:
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, as `generate` assigns them, so scores match what was sampled."""
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # (N, T)
 
@@ -62,7 +62,7 @@ def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
     hook = getattr(model, "module", model).get_decoder().register_forward_hook(keep)  # DDP: real model in .module
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
               use_cache=False, logits_to_keep=1)
     finally:
         hook.remove()
@@ -127,7 +127,7 @@ def naive_completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, 
                               temperature: float = 1.0, return_entropy: bool = False):
     """Reference: the usual full forward that materialises all N x (C+1) x V logits (TRL's logits_to_keep way)."""
     _check_lengths(input_ids, attention_mask, completion_len, temperature)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                    use_cache=False, logits_to_keep=completion_len + 1).logits[:, :-1]  # (N, C, V)
     return _token_logps(logits, input_ids[:, -completion_len:], temperature, return_entropy)
 

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from grpo_helpers.loss import position_ids_from_mask  # the loss scores with the same positions
 from grpo_helpers.models import bf16_is_fast
 
 
@@ -44,11 +45,6 @@ class Rollout:
         ids = torch.cat([prompt_ids, self.completion_ids], dim=1)  # (B*G, P + C)
         mask = torch.cat([prompt_mask, self.completion_mask], dim=1)  # (B*G, P + C)
         return ids, mask
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding, so a padded prompt sees the same positions as an unpadded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @contextmanager
@@ -104,12 +100,12 @@ def generate_groups(
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
     with sampling_mode(model), autocast:
         cache = DynamicCache()
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions_from_mask(prompt_mask),
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(group_size)  # prefill once, share it across the G samples
         logits = out.logits[:, -1, :].float().repeat_interleave(group_size, dim=0)  # (B*G, V)
         mask = prompt_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
-        position = positions_from_mask(mask)[:, -1:]  # (B*G, 1)
+        position = position_ids_from_mask(mask)[:, -1:]  # (B*G, 1)
         finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)  # (B*G,)
         tokens: list[torch.Tensor] = []
         for step in range(max_new_tokens):
