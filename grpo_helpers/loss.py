@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 from grpo_helpers.config import LOSS_TYPES, REWARD_SCALES
 
@@ -49,11 +50,13 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # (N, T)
 
 
-def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor, *, position_ids: Tensor | None = None,
+                  cache: DynamicCache | None = None) -> Tensor:
     """The decoder's final (normed) hidden states, (N, T, H), taken by a hook during a call of `model` itself.
 
     Calling the top-level model (with logits for the last position only) rather than its decoder keeps
     wrappers working: DistributedDataParallel synchronises gradients only for a pass through its own forward.
+    With `cache`, the keys/values of earlier tokens are read from it and this call's are appended to it.
     """
     captured: list[Tensor] = []
 
@@ -62,8 +65,9 @@ def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
     hook = getattr(model, "module", model).get_decoder().register_forward_hook(keep)  # DDP: real model in .module
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-              use_cache=False, logits_to_keep=1)
+        model(input_ids=input_ids, attention_mask=attention_mask,
+              position_ids=position_ids_from_mask(attention_mask) if position_ids is None else position_ids,
+              past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
     finally:
         hook.remove()
     return captured[0]
@@ -102,11 +106,17 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
     is a plain linear layer (no logit soft-capping or scaling), true for Llama, Qwen2 and SmolLM2.
     """
     _check_lengths(input_ids, attention_mask, completion_len, temperature)
+    hidden = _final_hidden(model, input_ids, attention_mask)  # (N, T, H)
+    hidden = hidden[:, -completion_len - 1:-1]  # (N, C, H): position t predicts token t+1
+    return _head_logps(model, hidden, input_ids[:, -completion_len:], chunk_size, temperature, return_entropy)
+
+
+def _head_logps(model, hidden: Tensor, targets: Tensor, chunk_size: int, temperature: float, return_entropy: bool):
+    """LM head + log-softmax over (N, C, H) hidden states, `chunk_size` positions at a time (see above)."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed: an integer >= 1 (tokens per LM-head chunk)")
-    hidden = _final_hidden(model, input_ids, attention_mask)  # (N, T, H)
-    hidden = hidden[:, -completion_len - 1:-1].reshape(-1, hidden.shape[-1])  # (N*C, H): position t predicts t+1
-    targets = input_ids[:, -completion_len:].reshape(-1)  # (N*C,)
+    shape = targets.shape  # (N, C)
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)  # (N*C, H), (N*C,)
     head = getattr(model, "module", model).get_output_embeddings()
 
     def chunk_logps(h: Tensor, y: Tensor):
@@ -117,10 +127,48 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
         h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
         pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if torch.is_grad_enabled()
                       else chunk_logps(h, y))
-    shape = (input_ids.shape[0], completion_len)
     if not return_entropy:
         return torch.cat(pieces).view(shape)  # (N, C)
     return torch.cat([p[0] for p in pieces]).view(shape), torch.cat([p[1] for p in pieces]).view(shape)
+
+
+def grouped_completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                                completion_mask: Tensor, group_size: int, *, chunk_size: int = 128,
+                                temperature: float = 1.0, return_entropy: bool = False):
+    """`completion_logprobs` of G completions per prompt, with each prompt run through the model once, not G times.
+
+    The B prompts (B, P) go through the model once, filling a key/value cache; the cache is repeated G times
+    and the B*G completions (B*G, C) attend to it. Same values as scoring the B*G full sequences (up to float
+    rounding) and the gradient still reaches the prompt's keys and values, for a fraction of the tokens when
+    prompts are long: 2 x (140 + 64 x 4) tokens instead of 8 x (140 + 64) in the standard job.
+    The prompt's last hidden state predicts the first completion token. Rows are prompt-major (row i*G + g).
+    Needs a model that accepts `past_key_values` in training, so not with HF gradient checkpointing.
+    """
+    if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"prompt_ids and prompt_mask must both be (B, P), got {tuple(prompt_ids.shape)} and "
+                         f"{tuple(prompt_mask.shape)}")
+    if completion_ids.ndim != 2 or completion_mask.shape != completion_ids.shape \
+            or completion_ids.shape[0] != prompt_ids.shape[0] * group_size:
+        raise ValueError(f"completion_ids and completion_mask must both be (B*G, C) = ({prompt_ids.shape[0]}*"
+                         f"{group_size}, C), got {tuple(completion_ids.shape)} and {tuple(completion_mask.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is not allowed: a number > 0")
+    if completion_ids.shape[1] == 1:  # nothing to share: keep one pass, through the (possibly DDP) wrapper
+        ids = torch.cat([prompt_ids.repeat_interleave(group_size, dim=0), completion_ids], dim=1)
+        mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)
+        return completion_logprobs(model, ids, mask, 1, chunk_size=chunk_size, temperature=temperature,
+                                   return_entropy=return_entropy)
+    cache = DynamicCache()
+    # the prompt pass goes through the unwrapped model: under DDP only the last forward before backward may use
+    # the wrapper (it prepares the gradient all-reduce); gradients from both passes reach the same parameters
+    inner = getattr(model, "module", model)
+    first = _final_hidden(inner, prompt_ids, prompt_mask, cache=cache)[:, -1:]  # (B, 1, H)
+    cache.batch_repeat_interleave(group_size)  # differentiable: every completion reads the same prompt keys
+    mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)  # (B*G, P + C)
+    positions = position_ids_from_mask(mask)[:, prompt_ids.shape[1]:-1]  # (B*G, C - 1)
+    rest = _final_hidden(model, completion_ids[:, :-1], mask[:, :-1], position_ids=positions, cache=cache)
+    hidden = torch.cat([first.repeat_interleave(group_size, dim=0), rest], dim=1)  # (B*G, C, H)
+    return _head_logps(model, hidden, completion_ids, chunk_size, temperature, return_entropy)
 
 
 def naive_completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_len: int, *,
@@ -227,4 +275,4 @@ def _loss_stats(ratio: Tensor, adv: Tensor, mask: Tensor, kl: Tensor | None, ent
     return stats
 
 
-__all__ = ["group_advantages", "completion_logprobs", "naive_completion_logprobs", "grpo_loss"]
+__all__ = ["group_advantages", "completion_logprobs", "grouped_completion_logprobs", "naive_completion_logprobs", "grpo_loss"]

@@ -26,7 +26,7 @@ from transformers import get_scheduler
 
 from grpo_helpers.config import GRPOConfig
 from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
-from grpo_helpers.loss import completion_logprobs, group_advantages, grpo_loss
+from grpo_helpers.loss import completion_logprobs, group_advantages, grouped_completion_logprobs, grpo_loss
 from grpo_helpers.models import load_from_config
 from grpo_helpers.rewards import score_completions
 from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode
@@ -233,9 +233,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the algorithm
     def _logps(self, model, batch: Batch) -> torch.Tensor:
-        width = batch.rollout.completion_ids.shape[1]
-        return completion_logprobs(model, batch.input_ids, batch.attention_mask, width,
-                                   temperature=self.config.rollout.temperature)  # (B*G, C)
+        """Completion log-probs (B*G, C); each prompt runs once per group unless HF checkpointing forbids a cache."""
+        r, temperature = batch.rollout, self.config.rollout.temperature
+        if getattr(self.accelerator.unwrap_model(model), "is_gradient_checkpointing", False) and model.training:
+            return completion_logprobs(model, batch.input_ids, batch.attention_mask, r.completion_ids.shape[1],
+                                       temperature=temperature)
+        return grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                           r.group_size, temperature=temperature)  # (B*G, C)
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""

@@ -9,7 +9,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_helpers.loss import completion_logprobs, group_advantages, grpo_loss, naive_completion_logprobs
+from grpo_helpers.loss import (completion_logprobs, group_advantages, grouped_completion_logprobs, grpo_loss,
+                               naive_completion_logprobs)
+from grpo_helpers.rollout import generate_groups
+from tiny import tiny_lora
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 
@@ -339,3 +342,44 @@ def test_chunked_logprobs_through_ddp_average_gradients_over_ranks(tmp_path):
         assert torch.allclose(p0, p1, atol=1e-6)
         assert torch.allclose(p0, (l0 + l1) / 2, atol=1e-6)
     assert not torch.allclose(ranks[0]["local"][0], ranks[1]["local"][0])  # the ranks really differed
+
+
+def _groups(tokenizer, group_size: int = 3):
+    """A LoRA model whose adapter matters, and a real rollout with a short and a long (left-padded) prompt."""
+    model = tiny_lora(tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    prompts = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]
+    rollout = generate_groups(model, tokenizer, prompts, group_size=group_size, max_new_tokens=10,
+                              generator=torch.Generator().manual_seed(0))
+    return model, rollout
+
+
+def test_grouped_logprobs_equal_full_sequence_logprobs_and_gradients(tokenizer):
+    """Running each prompt once and sharing its keys/values changes nothing but the cost."""
+    model, r = _groups(tokenizer)
+    ids, mask = r.full_sequences()
+    width = r.completion_ids.shape[1]
+    real = r.completion_mask.bool()
+    params = [p for p in model.parameters() if p.requires_grad]
+    full = completion_logprobs(model, ids, mask, width, chunk_size=5, temperature=0.7)
+    full_grads = torch.autograd.grad((full * real).sum(), params)
+    grouped = grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                          r.group_size, chunk_size=5, temperature=0.7)
+    grouped_grads = torch.autograd.grad((grouped * real).sum(), params)
+    assert (grouped - full)[real].abs().max() < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(grouped_grads, full_grads)) < 1e-5
+    assert any(g.abs().sum() > 0 for g in grouped_grads)
+
+
+def test_grouped_logprobs_errors(tokenizer):
+    model, r = _groups(tokenizer)
+    with pytest.raises(ValueError, match=r"\(2\*4, C\)"):
+        grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 4)
+    with pytest.raises(ValueError, match="prompt_mask"):
+        grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask[:, 1:], r.completion_ids, r.completion_mask, 3)
+    with pytest.raises(ValueError, match="temperature=0"):
+        grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 3,
+                                    temperature=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_helpers.rollout import generate_groups
+from grpo_helpers.rollout import generate_groups, lora_folded
 from tiny import tiny_lora, tiny_llama
 
 PROMPTS = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]
@@ -48,3 +48,25 @@ def test_same_generator_seed_same_samples_and_mode_restored(tokenizer):
     other = generate_groups(model, tokenizer, PROMPTS, group_size=2, max_new_tokens=8,
                             generator=torch.Generator().manual_seed(4))
     assert not torch.equal(other.completion_ids, runs[0].completion_ids)
+
+
+def test_folded_lora_samples_like_the_adapter_and_leaves_the_weights_untouched(tokenizer):
+    """Sampling runs on W + scale * B @ A folded into one matrix; afterwards every weight has its old bits."""
+    model = tiny_lora(tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    ids = tokenizer(["Count: one two three"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        adapter = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with lora_folded(model):
+            folded = model(input_ids=ids).logits  # adapter branch still on as well would count it twice
+    assert not torch.allclose(base, adapter, atol=1e-3)  # the adapter matters
+    assert torch.allclose(folded, adapter, atol=1e-5)
+    after = model.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(layer.disable_adapters is False for layer in model.modules() if hasattr(layer, "lora_A"))

@@ -1,0 +1,137 @@
+"""Seconds per GRPO step on the standard job, peak memory, and how the cost grows with G and length (JSON).
+
+    python bench/step_time.py                   # the standard job: 1 warm-up + 5 timed steps
+    python bench/step_time.py --sweep           # also G in (2, 4, 8) and max_new_tokens in (32, 64, 128)
+    python bench/step_time.py --model random:Qwen/Qwen2.5-3B --device cuda   # GPU: Qwen2.5-3B shape, random weights
+
+The standard job is the one the peers in ../shared/peers run (TRL GRPOTrainer, AgileRL): the bundled
+SmolLM2-135M-Instruct, LoRA r16/alpha64 on all projections, 2 prompts x G=4, 64 new tokens, temperature 0.7,
+beta 0.04 (reference = adapter disabled), lr 5e-6, one update per rollout, 2 torch threads. Each configuration runs
+in a fresh subprocess, so every peak RSS (ru_maxrss: the whole process, model load included) is its own.
+Never run this beside other CPU work: with 2 cores any concurrent load inflates the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+STANDARD = {"num_prompts": 2, "group_size": 4, "max_new_tokens": 64, "temperature": 0.7, "beta": 0.04, "lr": 5e-6,
+            "lora_r": 16, "lora_alpha": 64, "loss_type": "dapo", "eval_every": 0, "save_every": 0}
+
+
+def rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def random_model(hub_id: str, device: str):
+    """A model with the hub model's architecture and random weights (no weight download): for GPU timing only."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from grpo_helpers.models import add_lora, load_tokenizer, resolve_attention, resolve_dtype
+
+    config = AutoConfig.from_pretrained(hub_id)
+    dtype = resolve_dtype("auto", device)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                             attn_implementation=resolve_attention("auto", device)).to(device)
+    return add_lora(model), load_tokenizer(hub_id)
+
+
+def run_one(args: argparse.Namespace, overrides: dict) -> dict:
+    """Train `warmup + steps` steps of one configuration in this process and summarise the timed ones."""
+    torch.set_num_threads(args.threads)
+    from grpo_helpers.config import load_config
+    from grpo_helpers.data import generate_countdown, train_test_split
+    from grpo_helpers.trainer import GRPOTrainer
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config("cpu", **{**STANDARD, **overrides, "output_dir": out, "seed": args.seed,
+                                       "max_steps": args.warmup + args.steps,
+                                       "reward_weights": {"format": 1.0, "equation": 1.0}})
+        model = tokenizer = None
+        if args.model.startswith("random:"):
+            model, tokenizer = random_model(args.model.removeprefix("random:"), args.device)
+        train, test = train_test_split(generate_countdown(200, seed=args.seed), test_size=8, seed=args.seed)
+        trainer = GRPOTrainer(config, train_tasks=train, test_tasks=test, model=model, tokenizer=tokenizer)
+        load_s, rss_after_load = time.perf_counter() - t0, rss_mib()
+        rows = []
+        for _ in range(args.warmup + args.steps):
+            metrics, _ = trainer.train_step()
+            rows.append(metrics)
+    timed = rows[args.warmup:]
+
+    def median(key: str) -> float:
+        return round(statistics.median(r[key] for r in timed), 3)
+
+    tokens = sum(r["completions/total_tokens"] for r in timed)
+    result = {
+        "config": {**STANDARD, **overrides}, "model": args.model, "device": args.device,
+        "sec_per_step_median": median("time/step"),
+        "sec_per_step_all": [round(r["time/step"], 3) for r in rows],
+        "generation_sec_median": median("time/generation"), "reference_sec_median": median("time/reference"),
+        "train_sec_median": median("time/train"),
+        "completion_tokens_per_step_mean": tokens / len(timed),
+        "completion_tokens_per_sec": round(tokens / sum(r["time/step"] for r in timed), 2),
+        "gen_tokens_per_sec_median": median("gen_tokens_per_sec"),
+        "ms_per_completion_token": round(1000 * sum(r["time/step"] for r in timed) / tokens, 2),
+        "mean_reward_per_step_all": [round(r["reward"], 3) for r in rows],
+        "load_sec": round(load_s, 2), "rss_after_load_mib": round(rss_after_load, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if torch.cuda.is_available() and args.device == "cuda":
+        result["cuda_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        result["gpu"] = torch.cuda.get_device_name()
+    return result
+
+
+def in_subprocess(args: argparse.Namespace, overrides: dict) -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps(overrides), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
+           "--model", args.model, "--device", args.device]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sweep", action="store_true", help="also vary group size and completion length")
+    parser.add_argument("--model", default="bundled", help="'bundled' or 'random:<hub id>' (config only)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(run_one(args, json.loads(args.one))))
+        return
+
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                          "torch": torch.__version__, "python": platform.python_version()},
+              "standard": in_subprocess(args, {})}
+    if args.sweep:
+        sweep = [{"group_size": g} for g in (2, 8)] + [{"max_new_tokens": n} for n in (32, 128)]
+        rows = [in_subprocess(args, overrides) for overrides in sweep]
+        report["sweep"] = [{**overrides, "sec_per_step_median": r["sec_per_step_median"],
+                            "completion_tokens_per_step_mean": r["completion_tokens_per_step_mean"],
+                            "ms_per_completion_token": r["ms_per_completion_token"], "peak_rss_mib": r["peak_rss_mib"]}
+                           for overrides, r in zip(sweep, rows)]
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
