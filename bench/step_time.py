@@ -2,6 +2,7 @@
 
     python bench/step_time.py                   # the standard job: 1 warm-up + 5 timed steps
     python bench/step_time.py --sweep           # also G in (2, 4, 8) and max_new_tokens in (32, 64, 128)
+    python bench/step_time.py --set lora_dropout 0   # the standard job with one field changed
     python bench/step_time.py --model random:Qwen/Qwen2.5-3B --device cuda   # GPU: Qwen2.5-3B shape, random weights
 
 The standard job is the one the peers in ../shared/peers run (TRL GRPOTrainer, AgileRL): the bundled
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 STANDARD = {"num_prompts": 2, "group_size": 4, "max_new_tokens": 64, "temperature": 0.7, "beta": 0.04, "lr": 5e-6,
             "lora_r": 16, "lora_alpha": 64, "loss_type": "dapo", "eval_every": 0, "save_every": 0}
@@ -114,18 +116,21 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also vary group size and completion length")
     parser.add_argument("--model", default="bundled", help="'bundled' or 'random:<hub id>' (config only)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
+                        help="change a field of the standard job (YAML value), e.g. --set lora_dropout 0")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(run_one(args, json.loads(args.one))))
         return
 
+    changes = {name: yaml.safe_load(value) for name, value in args.set}
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                           "torch": torch.__version__, "python": platform.python_version()},
-              "standard": in_subprocess(args, {})}
+              "standard": in_subprocess(args, changes)}
     if args.sweep:
         sweep = [{"group_size": g} for g in (2, 8)] + [{"max_new_tokens": n} for n in (32, 128)]
-        rows = [in_subprocess(args, overrides) for overrides in sweep]
+        rows = [in_subprocess(args, {**changes, **overrides}) for overrides in sweep]
         report["sweep"] = [{**overrides, "sec_per_step_median": r["sec_per_step_median"],
                             "completion_tokens_per_step_mean": r["completion_tokens_per_step_mean"],
                             "ms_per_completion_token": r["ms_per_completion_token"], "peak_rss_mib": r["peak_rss_mib"]}

@@ -189,6 +189,8 @@ class TrainConfig:
     """gradient clipping threshold (0 = off)"""
     grad_accum_steps: int = 1
     """rollout batches accumulated into one optimizer step"""
+    prompts_per_pass: int = 1
+    """prompts (each with its G completions) per forward/backward pass: fewer = less memory, same gradient"""
     max_steps: int = 100
     """optimizer steps to train"""
     seed: int = 42
@@ -217,6 +219,7 @@ class TrainConfig:
         _number_in("weight_decay", self.weight_decay, 0.0, 1.0)
         _number_in("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
         _positive_int("grad_accum_steps", self.grad_accum_steps)
+        _positive_int("prompts_per_pass", self.prompts_per_pass)
         _positive_int("max_steps", self.max_steps)
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,

@@ -152,7 +152,7 @@ def _check_sampling(temperature: Any, greedy: bool) -> None:
 
 
 def _generator(model: torch.nn.Module, seed: int) -> torch.Generator:
-    """A sampling generator on the model's device (torch.multinomial needs the generator where the probs are)."""
+    """A sampling generator on the model's device (random draws need the generator where the probs are)."""
     device = next(model.parameters()).device
     return torch.Generator(device=device).manual_seed(seed % 2**63)
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (Cache, DynamicCache, LogitsProcessorList, StaticCache, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers.cache_utils import StaticLayer
 
 from grpo_helpers.loss import position_ids_from_mask  # the loss scores with the same positions
 from grpo_helpers.models import bf16_is_fast
@@ -45,6 +47,29 @@ class Rollout:
         ids = torch.cat([prompt_ids, self.completion_ids], dim=1)  # (B*G, P + C)
         mask = torch.cat([prompt_mask, self.completion_mask], dim=1)  # (B*G, P + C)
         return ids, mask
+
+
+def _preallocated_cache(model: torch.nn.Module, length: int) -> Cache:
+    """A key/value cache written in place: a growing one copies all of itself on every decoded token.
+
+    On a CPU those copies were a quarter of a decode step. Models whose layers are not all plain full-attention
+    layers (sliding windows, ...) keep transformers' growing cache, which handles them.
+    """
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    if all(type(layer) is StaticLayer for layer in cache.layers):
+        return cache
+    return DynamicCache()
+
+
+def _repeat_rows(cache: Cache, repeats: int) -> None:
+    """Row i becomes rows i*repeats ... i*repeats + repeats - 1 (prompt-major, as the samples are laid out)."""
+    if isinstance(cache, DynamicCache):
+        cache.batch_repeat_interleave(repeats)
+        return
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+        layer.values = layer.values.repeat_interleave(repeats, dim=0)
+        layer.batch_size *= repeats
 
 
 @contextmanager
@@ -91,6 +116,20 @@ def sampling_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of probs (N, V), by inverting the cumulative distribution at one uniform draw per row.
+
+    Same distribution as torch.multinomial, which on a CPU draws an exponential variate per vocabulary entry
+    (49k per row, ~10 ms a decode step here); this draws one number per row. A token of probability 0 is never
+    picked: the first index whose cumulative sum exceeds the draw always added mass.
+    """
+    cdf = probs.cumsum(dim=-1)  # (N, V)
+    total = cdf[:, -1:]  # (N, 1), 1 up to rounding
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)  # (N, 1)
+    draw = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+    return torch.searchsorted(cdf, draw, right=True).squeeze(1)  # (N,)
+
+
 def _warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
     warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
     if top_k > 0:
@@ -131,10 +170,10 @@ def generate_groups(
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
     with sampling_mode(model), lora_folded(model), autocast:
-        cache = DynamicCache()
+        cache = _preallocated_cache(model, prompt_ids.shape[1] + max_new_tokens)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(group_size)  # prefill once, share it across the G samples
+        _repeat_rows(cache, group_size)  # prefill once, share it across the G samples
         logits = out.logits[:, -1, :].float().repeat_interleave(group_size, dim=0)  # (B*G, V)
         mask = prompt_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
         position = position_ids_from_mask(mask)[:, -1:]  # (B*G, 1)
@@ -144,8 +183,7 @@ def generate_groups(
             if greedy:
                 next_token = logits.argmax(dim=-1)
             else:
-                probs = warpers(None, logits).softmax(dim=-1)
-                next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B*G,)
+                next_token = sample_tokens(warpers(None, logits).softmax(dim=-1), generator)  # (B*G,)
             next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
             tokens.append(next_token)
             finished |= next_token == eos_id

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,28 +281,32 @@ class GRPOTrainer:
         return int(self.accelerator.reduce(local, reduction="sum"))
 
     def optimize(self, batches: list[Batch]) -> dict[str, float]:
-        """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass)."""
+        """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass).
+
+        Each batch goes through the model `prompts_per_pass` prompt groups at a time, each piece's loss scaled
+        so that the summed gradients equal the whole batch's; the logged loss and stats are the whole batch's.
+        """
         cfg = self.config
         window_tokens = self._tokens_in_window(batches)
         sums: dict[str, float] = {}
         self.model.train()
         for _ in range(cfg.loss.num_iterations):
-            for batch in batches:
-                logps = self._logps(self.model, batch)  # (B*G, C), with gradient
-                loss, stats = grpo_loss(
-                    logps, old_logps=batch.old_logps, ref_logps=batch.ref_logps, advantages=batch.advantages,
-                    completion_mask=batch.rollout.completion_mask, loss_type=cfg.loss.loss_type,
-                    beta=cfg.loss.beta, clip_eps_low=cfg.loss.clip_eps_low, clip_eps_high=cfg.loss.clip_eps_high,
-                    max_completion_length=cfg.rollout.max_new_tokens,
-                    num_items_in_window=window_tokens // self.world_size)
+            for index, batch in enumerate(batches):
+                pieces = self._pieces(batch)
+                logps = []
+                for number, piece in enumerate(pieces):
+                    last = index == len(batches) - 1 and number == len(pieces) - 1
+                    with nullcontext() if last else self.accelerator.no_sync(self.model):  # all-reduce once
+                        piece_logps = self._logps(self.model, piece)  # (G * prompts, C), with gradient
+                        piece_loss, _ = self._loss(piece_logps, piece, window_tokens)
+                        self._check_finite(piece_loss)
+                        self.accelerator.backward(piece_loss * self._piece_weight(piece, batch, len(batches)))
+                    logps.append(piece_logps.detach())
+                with torch.no_grad():  # the whole batch's loss value and stats, from the pieces' log-probs
+                    loss, stats = self._loss(torch.cat(logps), batch, window_tokens)
+                self._check_finite(loss)
                 if cfg.loss.loss_type != "dapo":
                     loss = loss / len(batches)
-                if not torch.isfinite(loss):
-                    last = list_checkpoints(self.output_dir)
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {self.step + 1}; the update was skipped and the run stopped. "
-                        f"Last good checkpoint: {last[-1] if last else 'none written yet'}")
-                self.accelerator.backward(loss)
                 for key, value in {"loss": loss.item(), **stats}.items():
                     sums[key] = sums.get(key, 0.0) + value
             grad_norm = (self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
@@ -315,6 +320,52 @@ class GRPOTrainer:
         out["loss"] = sums["loss"] / cfg.loss.num_iterations  # the loss is already averaged over the window
         out["grad_norm"] = float(grad_norm)
         return out
+
+    def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        return grpo_loss(logps, old_logps=batch.old_logps, ref_logps=batch.ref_logps, advantages=batch.advantages,
+                         completion_mask=batch.rollout.completion_mask, loss_type=cfg.loss.loss_type,
+                         beta=cfg.loss.beta, clip_eps_low=cfg.loss.clip_eps_low, clip_eps_high=cfg.loss.clip_eps_high,
+                         max_completion_length=cfg.rollout.max_new_tokens,
+                         num_items_in_window=window_tokens // self.world_size)
+
+    def _pieces(self, batch: Batch) -> list[Batch]:
+        """The batch cut into runs of `prompts_per_pass` prompts with their G completions (rows stay prompt-major)."""
+        step, G = self.config.train.prompts_per_pass, batch.rollout.group_size
+        prompts = batch.rollout.prompt_ids.shape[0]
+        if step >= prompts:
+            return [batch]
+        pieces = []
+        for start in range(0, prompts, step):
+            p, rows = slice(start, start + step), slice(start * G, (start + step) * G)
+            r = batch.rollout
+            rollout = Rollout(prompt_ids=r.prompt_ids[p], prompt_mask=r.prompt_mask[p],
+                              completion_ids=r.completion_ids[rows], completion_mask=r.completion_mask[rows],
+                              lengths=r.lengths[rows], truncated=r.truncated[rows], texts=r.texts[rows],
+                              group_size=G, seconds=r.seconds)
+            pieces.append(Batch(rollout=rollout, input_ids=batch.input_ids[rows],
+                                attention_mask=batch.attention_mask[rows], advantages=batch.advantages[rows],
+                                ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows],
+                                old_logps=None if batch.old_logps is None else batch.old_logps[rows],
+                                rewards=batch.rewards[rows], tasks=batch.tasks[p]))
+        return pieces
+
+    def _piece_weight(self, piece: Batch, batch: Batch, accumulated: int) -> float:
+        """What turns a piece's loss into its share of the batch's loss (then divided over accumulated batches)."""
+        loss_type, rows = self.config.loss.loss_type, piece.advantages.shape[0] / batch.advantages.shape[0]
+        if loss_type == "dapo":  # already a share: token sum over the whole window's tokens
+            return 1.0
+        if loss_type == "bnpo":  # token mean: reweigh by the piece's share of the batch's tokens
+            share = piece.rollout.completion_mask.sum().clamp(min=1) / batch.rollout.completion_mask.sum().clamp(min=1)
+            return float(share) / accumulated
+        return rows / accumulated  # grpo, dr_grpo: per-sequence means or sums
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            last = list_checkpoints(self.output_dir)
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.step + 1}; the update was skipped and the run stopped. "
+                f"Last good checkpoint: {last[-1] if last else 'none written yet'}")
 
     def train_step(self) -> tuple[dict[str, Any], list[Batch]]:
         """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window."""

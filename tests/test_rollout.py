@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_helpers.rollout import generate_groups, lora_folded
+from grpo_helpers.rollout import generate_groups, lora_folded, sample_tokens
 from tiny import tiny_lora, tiny_llama
 
 PROMPTS = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]
@@ -70,3 +70,13 @@ def test_folded_lora_samples_like_the_adapter_and_leaves_the_weights_untouched(t
     after = model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert all(layer.disable_adapters is False for layer in model.modules() if hasattr(layer, "lora_A"))
+
+
+def test_sample_tokens_follows_the_distribution_and_never_picks_zero_probability():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(20_000, 1)  # (N, V)
+    tokens = sample_tokens(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
+    assert torch.allclose(freq, probs[0], atol=0.015), freq
+    assert freq[1] == 0 and freq[4] == 0
+    edge = torch.tensor([[0.0, 1.0, 0.0]])  # every draw must land on the only possible token
+    assert (sample_tokens(edge.repeat(1000, 1), torch.Generator().manual_seed(1)) == 1).all()

@@ -189,3 +189,33 @@ def test_bad_configs_fail_when_the_config_is_built(field, value):
     """The trainer takes a built config, so these errors come before any model or data is loaded."""
     with pytest.raises(ConfigError, match=field):
         load_config("cpu", **{field: value})
+
+
+def _gradients_of_one_update(trainer, batch):
+    """The gradients the optimizer stepped with (taken just before they are cleared), and the logged stats."""
+    captured, clear = {}, trainer.optimizer.zero_grad
+
+    def snapshot(*args, **kwargs):
+        captured.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        clear(*args, **kwargs)
+
+    trainer.optimizer.zero_grad = snapshot
+    return captured, trainer.optimize([batch])
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_one_prompt_per_pass_gives_the_whole_batch_gradient(tokenizer, length_reward, tmp_path, loss_type):
+    """Cutting the batch into prompt groups saves memory only: same gradient, same logged loss, for every loss."""
+    settings = dict(num_prompts=3, beta=0.04, loss_type=loss_type, max_grad_norm=0.0)
+    whole = make_trainer(tokenizer, tmp_path / "whole", prompts_per_pass=3, **settings)
+    batch, _ = whole.make_batch()
+    for row in range(batch.rollout.completion_mask.shape[0]):  # as if row i stopped early: lengths differ
+        batch.rollout.completion_mask[row, 2 + row % 5:] = 0
+    split = make_trainer(tokenizer, tmp_path / "split", prompts_per_pass=1, **settings)
+    expected, expected_stats = _gradients_of_one_update(whole, batch)
+    got, got_stats = _gradients_of_one_update(split, batch)
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=1e-4), name
+    assert got_stats["loss"] == pytest.approx(expected_stats["loss"], abs=1e-7)
+    assert got_stats["kl"] == pytest.approx(expected_stats["kl"], abs=1e-7)
