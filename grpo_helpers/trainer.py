@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from grpo_helpers.config import GRPOConfig
+from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
 from grpo_helpers.loss import completion_logprobs, group_advantages, grouped_completion_logprobs, grpo_loss
 from grpo_helpers.models import load_from_config
@@ -104,6 +105,12 @@ class GRPOTrainer:
             gradient_accumulation_steps=1, log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
             project_dir=cfg.train.output_dir)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        if self.accelerator.state.deepspeed_plugin is not None and (
+                cfg.train.grad_accum_steps > 1 or cfg.train.prompts_per_pass < cfg.rollout.num_prompts):
+            # the DeepSpeed engine steps its optimizer inside every backward: exactly one backward per step here
+            raise ConfigError(f"under DeepSpeed one backward pass must make one optimizer step: set "
+                              f"grad_accum_steps=1 (got {cfg.train.grad_accum_steps}) and prompts_per_pass >= "
+                              f"num_prompts={cfg.rollout.num_prompts} (got {cfg.train.prompts_per_pass})")
         self.output_dir = Path(cfg.train.output_dir)
         seed_everything(cfg.train.seed)
 
@@ -133,10 +140,13 @@ class GRPOTrainer:
         schedule = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
         self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                        num_training_steps=updates)
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None:  # DeepSpeed sizes its engine from a batch size; there is no DataLoader to read it from
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.rollout.num_prompts * cfg.rollout.group_size
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, self.optimizer,
                                                                               self.scheduler)
         # Sampling has its own generator so that changing e.g. dropout does not change which tokens are drawn.
-        self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1000 + self.rank)
+        self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.train.seed * 1000 + self.rank)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.eval_history: list[dict[str, Any]] = []
@@ -181,11 +191,12 @@ class GRPOTrainer:
     def save_checkpoint(self) -> Path:
         """Write to a temporary folder, then rename: a kill mid-write leaves the previous checkpoint intact."""
         final = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        weights = self.accelerator.get_state_dict(self.model)  # every rank: ZeRO-3 gathers its shards here
         if self.accelerator.is_main_process:
             tmp = final.with_name(final.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "model")
+            self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "model", state_dict=weights)
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                      "generator": self.generator.get_state(), "sampler": self.sampler.state_dict()}
@@ -211,7 +222,9 @@ class GRPOTrainer:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            weights = load_file(str(path / "model" / "adapter_model.safetensors"), device=str(self.accelerator.device))
+            device = self.accelerator.device  # safetensors takes "cpu" or "cuda:N", not "cpu:0" (gloo ranks)
+            weights = load_file(str(path / "model" / "adapter_model.safetensors"),
+                                device="cpu" if device.type == "cpu" else str(device))
             set_peft_model_state_dict(unwrapped, weights)
         else:
             from transformers import AutoModelForCausalLM
@@ -242,15 +255,27 @@ class GRPOTrainer:
         return grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
                                            r.group_size, temperature=temperature)  # (B*G, C)
 
+    def _whole_weights(self):
+        """DeepSpeed ZeRO-3 shards every weight across ranks; sampling token by token needs whole matrices, so they
+        are gathered for the rollout. Each rank then briefly holds the full model (for a 3B model in bf16, ~6 GB
+        per GPU on top of its shard) and pays one all-gather per rollout instead of one per layer per token."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None or plugin.zero_stage != 3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
         cfg, model = self.config, self.accelerator.unwrap_model(self.model)
         tasks = next(self.sampler)
         t0 = time.perf_counter()
-        rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, tasks),
-                                  group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
-                                  temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                  top_k=cfg.rollout.top_k, generator=self.generator)
+        with self._whole_weights():
+            rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, tasks),
+                                      group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
+                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                      top_k=cfg.rollout.top_k, generator=self.generator)
         t1 = time.perf_counter()
         G = cfg.rollout.group_size
         nums = [t["nums"] for t in tasks for _ in range(G)]
@@ -318,7 +343,7 @@ class GRPOTrainer:
         passes = cfg.loss.num_iterations * len(batches)
         out = {k: v / passes for k, v in sums.items()}
         out["loss"] = sums["loss"] / cfg.loss.num_iterations  # the loss is already averaged over the window
-        out["grad_norm"] = float(grad_norm)
+        out["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed: None before step 1
         return out
 
     def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -423,7 +448,7 @@ class GRPOTrainer:
             G = b.rollout.group_size
             for i, text in enumerate(b.rollout.texts):
                 task = b.tasks[i // G]
-                rows.append({"step": self.step, "nums": task["nums"], "target": task["target"], "completion": text,
+                rows.append({"step": self.step, "rank": self.rank, "nums": task["nums"], "target": task["target"], "completion": text,
                              "reward": b.rewards[i].item(), "advantage": b.advantages[i].item(),
                              **{f"rewards/{k}": v[i] for k, v in b.per_function.items()}})
         return rows
@@ -437,10 +462,12 @@ class GRPOTrainer:
         correct, formatted, lengths = [], [], []
         for start in range(0, len(tasks), batch_size):
             chunk = tasks[start:start + batch_size]
-            rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, chunk), group_size=1,
-                                      max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
-                                      generator=torch.Generator().manual_seed(cfg.train.seed + start))
+            with self._whole_weights():
+                rollout = generate_groups(
+                    model, self.tokenizer, render_prompts(self.tokenizer, chunk), group_size=1,
+                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
+                    generator=torch.Generator(self.accelerator.device).manual_seed(cfg.train.seed + start))
             scores = score_completions(rollout.texts, nums=[t["nums"] for t in chunk],
                                        target=[t["target"] for t in chunk],
                                        weights={"equation": 1.0, "format": 1.0})
@@ -474,7 +501,7 @@ class GRPOTrainer:
             metrics, batches = self.train_step()
             self.history.append(metrics)
             self._append(self.metrics_path, [metrics])
-            self._append(self.completions_path, self._completion_rows(batches))
+            self._append(self.completions_path, gather_object(self._completion_rows(batches)))
             if cfg.train.report_to != "none":
                 self.accelerator.log(metrics, step=self.step)
             bar.update(1)
@@ -494,8 +521,9 @@ class GRPOTrainer:
     def save_adapter(self, path: str | Path) -> Path:
         """The trained adapter (or full model) plus tokenizer, ready for chapter 06."""
         path = Path(path)
+        weights = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).save_pretrained(path)
+            self.accelerator.unwrap_model(self.model).save_pretrained(path, state_dict=weights)
             self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path

@@ -1,0 +1,99 @@
+"""Entry point for `accelerate launch`: the chapter-04 trainer on one or many processes, from a config YAML.
+
+    accelerate launch --config_file launch/accelerate/ddp.yaml launch/train_grpo.py \
+        --config launch/configs/qwen2.5-3b-countdown.yaml --set max_steps 100 --set lr 1e-6
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml launch/train_grpo.py --config cpu
+
+Every rank runs the same loop on its own prompts (the sampler gives rank r its own slice of each step's tasks);
+rewards and metrics are gathered across ranks before logging, and only the main process writes the metrics,
+completions, checkpoints and the final adapter. Collectives time out after --timeout seconds, so a rank that dies
+cannot leave the others waiting forever (torchrun also stops the survivors as soon as one worker exits with an
+error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without `pip install -e .`
+
+from grpo_helpers.config import describe, load_config  # noqa: E402
+from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="cpu", help="a preset name (cpu, gpu-qwen2.5-3b) or a config YAML file")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
+                        help="override one config field by its plain name; VALUE is read as YAML (repeatable)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="force CPU processes (gloo) even where CUDA is present; automatic without CUDA")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="a .py file or module to import first, e.g. one that adds your own reward functions to "
+                             "grpo_helpers.rewards.REWARD_FUNCTIONS (repeatable)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds a collective waits for the other ranks before the run fails")
+    return parser.parse_args(argv)
+
+
+def adapter_checksum(model: torch.nn.Module) -> float:
+    """Sum of all trainable weights in float64: equal on every rank when data parallelism kept them in sync."""
+    return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
+
+
+def import_extension(name: str) -> None:
+    """Import a user's module (by dotted name) or file (by path), for its side effects such as registering rewards."""
+    if name.endswith(".py"):
+        path = Path(name).resolve()
+        if not path.is_file():
+            raise SystemExit(f"--import {name}: no such file")
+        sys.path.insert(0, str(path.parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    else:
+        importlib.import_module(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    for name in args.imports:
+        import_extension(name)
+    overrides = {name: yaml.safe_load(value) for name, value in args.set}
+    config = load_config(args.config, **overrides)  # a bad field fails here, before any process group or model
+    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))])
+    if accelerator.is_main_process:
+        print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}, device "
+              f"{accelerator.device}\n{describe(config)}", flush=True)
+    start = time.perf_counter()
+    trainer = GRPOTrainer(config, accelerator=accelerator)
+    trainer.train()
+    adapter = trainer.save_adapter(Path(config.train.output_dir) / "adapter")
+
+    checksums = accelerator.gather(torch.tensor([adapter_checksum(trainer.model)], dtype=torch.float64,
+                                                device=accelerator.device)).tolist()
+    if accelerator.is_main_process:
+        last = trainer.history[-1] if trainer.history else {}
+        print(f"done: {trainer.step} steps in {time.perf_counter() - start:.0f} s; last reward "
+              f"{last.get('reward', float('nan')):.3f}; adapter -> {adapter}", flush=True)
+        print(f"trainable-weight checksum per rank: {checksums}", flush=True)
+        if len(set(checksums)) != 1:
+            raise SystemExit(f"ranks ended with different weights: {checksums}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
