@@ -101,11 +101,48 @@ def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None)
     return records
 
 
+def training_outcome(out_dir: Path) -> tuple[list[str], Path | None]:
+    """Summary lines and a reward-curve PNG from chapter 04's metrics and chapter 06's comparison, when present."""
+    from grpo_helpers.dashboard import load_run, plot_metrics
+
+    lines: list[str] = []
+    history, evals = load_run(out_dir / "train")
+    curve = None
+    if history:
+        window = max(1, min(10, len(history) // 3))
+        first = sum(m["reward"] for m in history[:window]) / window
+        last = sum(m["reward"] for m in history[-window:]) / window
+        seconds = sum(m.get("time/step", 0.0) for m in history)
+        lines += [f"Training (chapter 04): {len(history)} steps in {seconds / 60:.1f} min; mean reward of the first "
+                  f"{window} steps {first:.3f} -> last {window} steps {last:.3f}; groups with zero reward variance "
+                  f"{history[0]['frac_reward_zero_std']:.0%} at step 1."]
+        if evals:
+            lines.append("Held-out accuracy during training: " + ", ".join(
+                f"step {e['step']}: {e['eval/accuracy']:.3f} (format {e['eval/format_rate']:.3f})" for e in evals) + ".")
+        fig = plot_metrics(history, evals, title=f"{out_dir.name}: chapter 04 training")
+        curve = out_dir / "reward_curve.png"
+        fig.savefig(curve, dpi=110)
+    comparison = out_dir / "eval" / "comparison.json"
+    if comparison.is_file():
+        data = json.loads(comparison.read_text())
+        base, tuned = data["base"], data["tuned"]
+        lines += ["", f"Base vs fine-tuned (chapter 06, {data['tasks']} held-out tasks x {data['samples_per_task']} "
+                      "samples):", "", "| metric | base | fine-tuned |", "| --- | ---: | ---: |"]
+        lines += [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} |" for key in base if key != "tasks"]
+    return lines, curve
+
+
 def write_summary(records: list[dict[str, Any]], out_dir: Path, params_file: str) -> Path:
+    """summary.md in the run folder: time per chapter, what training achieved, and the reward curve."""
     total = sum(r["seconds"] for r in records)
     lines = [f"# Run {out_dir.name}", "", f"Parameters: `{params_file}`. Total time: {total / 60:.1f} min.", "",
              "| notebook | time (s) | figures | executed notebook |", "| --- | ---: | ---: | --- |"]
     lines += [f"| {r['notebook']} | {r['seconds']:.0f} | {r['figures']} | `{Path(r['output']).name}` |" for r in records]
+    outcome, curve = training_outcome(out_dir)
+    if outcome:
+        lines += ["", "## Outcome", "", *outcome]
+    if curve is not None:
+        lines += ["", f"![reward curve]({curve.name})"]
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -125,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     records = run(params, out_dir=out_dir, only=args.only)
     summary = write_summary(records, out_dir, args.params)
+    print("\n" + summary.read_text())
     print(f"\nAll {len(records)} notebooks ran in {(time.perf_counter() - start) / 60:.1f} min.\n"
           f"  executed notebooks: {out_dir}\n  figures:            {out_dir / 'figures'}\n  summary:            {summary}")
 

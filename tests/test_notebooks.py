@@ -96,3 +96,25 @@ def test_nbval_lax_on_prepared_notebooks(tmp_path, smoke_run):
                              *sorted(str(p) for p in tmp_path.glob("*.ipynb"))],
                             cwd=NOTEBOOKS_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_run_summary_reports_time_reward_curve_and_base_vs_tuned(tmp_path):
+    from grpo_helpers.run_notebooks import write_summary
+
+    (tmp_path / "train").mkdir()
+    rows = [{"step": i, "reward": 0.1 * i, "frac_reward_zero_std": 0.25, "kl": 0.0, "completions/mean_length": 50,
+             "completions/clipped_ratio": 0.5, "time/step": 30.0, "rewards/format/mean": 0.1} for i in range(1, 7)]
+    (tmp_path / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "train" / "eval.jsonl").write_text(json.dumps(
+        {"step": 0, "eval/accuracy": 0.0, "eval/format_rate": 0.1, "eval/mean_length": 90}) + "\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "comparison.json").write_text(json.dumps(
+        {"tasks": 32, "samples_per_task": 2, "base": {"tasks": 32, "accuracy": 0.0, "format_rate": 0.25},
+         "tuned": {"tasks": 32, "accuracy": 0.0625, "format_rate": 0.5}}))
+    records = [{"notebook": "04_single_node_training.ipynb", "seconds": 120.0, "output": "x/04.ipynb", "figures": 3}]
+    text = write_summary(records, tmp_path, "params/cpu.yaml").read_text()
+    assert "Total time: 2.0 min" in text and "| 04_single_node_training.ipynb | 120 | 3 |" in text
+    assert "6 steps in 3.0 min; mean reward of the first 2 steps 0.150 -> last 2 steps 0.550" in text
+    assert "step 0: 0.000 (format 0.100)" in text
+    assert "| accuracy | 0.000 | 0.062 |" in text and "| format_rate | 0.250 | 0.500 |" in text
+    assert (tmp_path / "reward_curve.png").stat().st_size > 10_000 and "![reward curve](reward_curve.png)" in text
