@@ -29,10 +29,11 @@ def moving_mean(values: list[float], window: int) -> list[float]:
 
 
 def summary(minutes: list[float], rewards: list[float], window: int = 5) -> dict:
-    within = [r for m, r in zip(minutes, rewards) if m <= 30.0]
+    within = [r for m, r in zip(minutes, rewards) if m <= 30.0] or rewards[:1]
+    first, last = rewards[:window], within[-window:]
     return {"steps": len(rewards), "minutes": round(minutes[-1], 1), "steps_within_30_min": len(within),
-            f"mean_reward_first_{window}": round(sum(rewards[:window]) / window, 3),
-            f"mean_reward_last_{window}_within_30_min": round(sum(within[-window:]) / len(within[-window:]), 3),
+            f"mean_reward_first_{window}": round(sum(first) / len(first), 3),
+            f"mean_reward_last_{window}_within_30_min": round(sum(last) / len(last), 3),
             "max_reward": round(max(rewards), 3)}
 
 

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 STANDARD = {"num_prompts": 2, "group_size": 4, "max_new_tokens": 64, "temperature": 0.7, "beta": 0.04, "lr": 5e-6,
-            "lora_r": 16, "lora_alpha": 64, "loss_type": "dapo", "eval_every": 0, "save_every": 0}
+            "lora_r": 16, "lora_alpha": 64, "lora_dropout": 0.05, "loss_type": "dapo", "eval_every": 0, "save_every": 0}
 
 
 def rss_mib() -> float:

@@ -80,12 +80,12 @@ def lora_folded(model: torch.nn.Module) -> Iterator[None]:
     token, about a quarter of the step on a CPU. The folded weights are new tensors swapped in for the duration
     and the originals are put back untouched (merging in place and subtracting again would not give the same
     bits). Costs one copy of the adapted weights while sampling. No-op for models without LoRA layers and for
-    sharded (DeepSpeed ZeRO-3) weights.
+    DeepSpeed ZeRO-3 weights (its per-layer hooks re-partition weights during the forward: nothing to swap).
     """
     from peft.tuners.lora import Linear as LoraLinear
 
     layers = [m for m in model.modules() if isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters]
-    if not layers or not hasattr(model, "disable_adapter") or any(m.get_base_layer().weight.numel() == 0
+    if not layers or not hasattr(model, "disable_adapter") or any(hasattr(m.get_base_layer().weight, "ds_id")
                                                                   for m in layers):
         yield
         return
@@ -96,7 +96,7 @@ def lora_folded(model: torch.nn.Module) -> Iterator[None]:
                 base = layer.get_base_layer()
                 delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
                 originals.append((base, base.weight.data))
-                base.weight.data = base.weight.data + delta
+                base.weight.data = (base.weight.data + delta).to(base.weight.dtype)  # peft keeps LoRA in fp32
         with model.disable_adapter():
             yield
     finally:
@@ -121,8 +121,11 @@ def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None)
 
     Same distribution as torch.multinomial, which on a CPU draws an exponential variate per vocabulary entry
     (49k per row, ~10 ms a decode step here); this draws one number per row. A token of probability 0 is never
-    picked: the first index whose cumulative sum exceeds the draw always added mass.
+    picked: the first index whose cumulative sum exceeds the draw always added mass. That needs a sequential,
+    exactly non-decreasing cumsum, which parallel GPU scans do not promise, so other devices use multinomial.
     """
+    if probs.device.type != "cpu":
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
     cdf = probs.cumsum(dim=-1)  # (N, V)
     total = cdf[:, -1:]  # (N, 1), 1 up to rounding
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)  # (N, 1)

@@ -105,6 +105,9 @@ class GRPOTrainer:
             gradient_accumulation_steps=1, log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
             project_dir=cfg.train.output_dir)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        if self.accelerator.state.deepspeed_plugin is not None and cfg.train.resume:
+            raise ConfigError("resume=True is not supported under DeepSpeed: checkpoints hold the adapter (or weights) "
+                              "but not DeepSpeed's sharded optimizer state; start a new run from the saved adapter")
         if self.accelerator.state.deepspeed_plugin is not None and (
                 cfg.train.grad_accum_steps > 1 or cfg.train.prompts_per_pass < cfg.rollout.num_prompts):
             # the DeepSpeed engine steps its optimizer inside every backward: exactly one backward per step here
@@ -143,6 +146,7 @@ class GRPOTrainer:
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is not None:  # DeepSpeed sizes its engine from a batch size; there is no DataLoader to read it from
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.rollout.num_prompts * cfg.rollout.group_size
+            plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm  # the engine clips, not us
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, self.optimizer,
                                                                               self.scheduler)
         # Sampling has its own generator so that changing e.g. dropout does not change which tokens are drawn.
@@ -188,10 +192,18 @@ class GRPOTrainer:
                 os.replace(tmp, path)
 
     # ------------------------------------------------------------------ plumbing: checkpoints
+    def _gathered_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Under ZeRO-3 the weights are sharded: gather them (a collective, every rank calls it). Else None: the
+        unwrapped model saves its own weights."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None or plugin.zero_stage != 3:
+            return None
+        return self.accelerator.get_state_dict(self.model)
+
     def save_checkpoint(self) -> Path:
         """Write to a temporary folder, then rename: a kill mid-write leaves the previous checkpoint intact."""
         final = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:06d}"
-        weights = self.accelerator.get_state_dict(self.model)  # every rank: ZeRO-3 gathers its shards here
+        weights = self._gathered_state_dict()
         if self.accelerator.is_main_process:
             tmp = final.with_name(final.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -257,8 +269,8 @@ class GRPOTrainer:
 
     def _whole_weights(self):
         """DeepSpeed ZeRO-3 shards every weight across ranks; sampling token by token needs whole matrices, so they
-        are gathered for the rollout. Each rank then briefly holds the full model (for a 3B model in bf16, ~6 GB
-        per GPU on top of its shard) and pays one all-gather per rollout instead of one per layer per token."""
+        are gathered for the rollout: each rank briefly holds the full model (for a 3B model in bf16, ~6 GB per GPU
+        on top of its shard). Not yet run on GPUs: DeepSpeed's per-layer hooks may still re-gather during decoding."""
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is None or plugin.zero_stage != 3:
             return nullcontext()
@@ -334,9 +346,7 @@ class GRPOTrainer:
                     loss = loss / len(batches)
                 for key, value in {"loss": loss.item(), **stats}.items():
                     sums[key] = sums.get(key, 0.0) + value
-            grad_norm = (self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
-                         if cfg.train.max_grad_norm > 0 else
-                         torch.norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])))
+            grad_norm = self._clip_gradients()
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -345,6 +355,12 @@ class GRPOTrainer:
         out["loss"] = sums["loss"] / cfg.loss.num_iterations  # the loss is already averaged over the window
         out["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed: None before step 1
         return out
+
+    def _clip_gradients(self) -> torch.Tensor | float | None:
+        """Clip to max_grad_norm (0 = no clipping) and return the norm before clipping, for the logs."""
+        if self.config.train.max_grad_norm > 0 or self.accelerator.state.deepspeed_plugin is not None:
+            return self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
+        return torch.norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None]))
 
     def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
@@ -521,7 +537,7 @@ class GRPOTrainer:
     def save_adapter(self, path: str | Path) -> Path:
         """The trained adapter (or full model) plus tokenizer, ready for chapter 06."""
         path = Path(path)
-        weights = self.accelerator.get_state_dict(self.model)
+        weights = self._gathered_state_dict()
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(self.model).save_pretrained(path, state_dict=weights)
             self.tokenizer.save_pretrained(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 from pathlib import Path
 
 import papermill
@@ -85,7 +86,7 @@ def accepts(function, keyword: str) -> bool:
             source = inspect.getsource(function)
         except (OSError, TypeError):
             return False
-        return f'"{keyword}"' in source or f"'{keyword}'" in source or f"{keyword}=" in source
+        return re.search(rf"[\"']{keyword}[\"']|\b(?<!_){keyword}\s*=(?!=)", source) is not None
     return False
 
 
@@ -101,6 +102,13 @@ def test_every_keyword_we_pass_exists(where, name, keyword):
         f"{where}: {name}(..., {keyword}=...) is not accepted by the installed version of {name}")
 
 
+def _reads_only_the_old_name(model, **kwargs):
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    return model, torch_dtype
+
+
 def test_a_renamed_keyword_is_caught():
     assert not accepts(peft.LoraConfig, "lora_rank")
     assert not accepts(PreTrainedModel.from_pretrained, "torch_dtype_renamed_away")
+    assert not accepts(_reads_only_the_old_name, "dtype")  # "torch_dtype" must not count as "dtype"
+    assert accepts(_reads_only_the_old_name, "torch_dtype")

@@ -65,3 +65,15 @@ def test_deepspeed_configs_build_a_deepspeed_plugin(name):
     plugin = DeepSpeedPlugin(**settings)
     assert plugin.zero_stage == settings["zero_stage"]
     assert plugin.deepspeed_config["zero_optimization"]["stage"] == settings["zero_stage"]
+
+
+@pytest.mark.parametrize("file,preset,changes", [
+    ("cpu.yaml", "cpu", {"output_dir": "runs/launch-cpu"}),
+    ("qwen2.5-3b-countdown.yaml", "gpu-qwen2.5-3b", {"prompts_per_pass": 4}),
+])
+def test_training_configs_match_their_presets(file, preset, changes):
+    """The launch configs are the presets written out: a preset change must not leave a stale copy behind."""
+    from grpo_helpers.config import load_config
+
+    written = load_config(str(ACCELERATE_CONFIGS.parent / "configs" / file))
+    assert written == load_config(preset, **changes)
