@@ -294,8 +294,8 @@ def score_samples(tasks: list[dict], completions: list[list[str]], *, lengths: l
 
 
 def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1, max_new_tokens: int = 256,
-             temperature: float = 1.0, greedy: bool = False, batch_size: int = 8, seed: int = 0,
-             desc: str = "evaluate") -> EvalResult:
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False, batch_size: int = 8,
+             seed: int = 0, desc: str = "evaluate") -> EvalResult:
     """k samples per task (greedy only with k == 1: greedy samples are identical), scored and aggregated.
 
     `batch_size` tasks (batch_size * k completions) are generated together; batch b is sampled with its own
@@ -315,14 +315,15 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1
     for first in tqdm(range(0, len(tasks), batch_size), desc=desc, unit="batch"):
         chunk = tasks[first:first + batch_size]
         rollout = generate_groups(model, tokenizer, render_prompts(tokenizer, chunk), group_size=k,
-                                  max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy,
-                                  generator=_generator(model, seed * 1_000_003 + first))
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  top_k=top_k, greedy=greedy, generator=_generator(model, seed * 1_000_003 + first))
         for i in range(len(chunk)):  # rows i*k .. i*k + k - 1 are the samples of task i (prompt-major)
             completions.append(rollout.texts[i * k:(i + 1) * k])
             lengths.append(rollout.lengths[i * k:(i + 1) * k].tolist())
             truncated.append(rollout.truncated[i * k:(i + 1) * k].tolist())
     result = score_samples(tasks, completions, lengths=lengths, truncated=truncated)
-    result.settings = {"k": k, "greedy": greedy, "temperature": temperature, "max_new_tokens": max_new_tokens,
+    result.settings = {"k": k, "greedy": greedy, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                       "max_new_tokens": max_new_tokens,
                        "batch_size": batch_size, "seed": seed, "seconds": time.perf_counter() - start}
     return result
 

@@ -28,6 +28,7 @@ from transformers import get_scheduler
 
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
+from grpo_helpers.inference import evaluate as evaluate_policy
 from grpo_helpers.loss import completion_logprobs, group_advantages, grouped_completion_logprobs, grpo_loss
 from grpo_helpers.models import load_from_config
 from grpo_helpers.rewards import score_completions
@@ -471,28 +472,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, tasks: list[dict] | None = None, *, batch_size: int = 16) -> dict[str, Any]:
-        """Accuracy (equation reward = 1), format rate and mean length on held-out tasks."""
+        """Accuracy (equation reward = 1), format rate and mean length on held-out tasks (chapter 06's evaluation)."""
         cfg = self.config
         tasks = (tasks if tasks is not None else self.test_tasks)[: cfg.train.eval_tasks]
-        model = self.accelerator.unwrap_model(self.model)
-        correct, formatted, lengths = [], [], []
-        for start in range(0, len(tasks), batch_size):
-            chunk = tasks[start:start + batch_size]
-            with self._whole_weights():
-                rollout = generate_groups(
-                    model, self.tokenizer, render_prompts(self.tokenizer, chunk), group_size=1,
-                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
-                    generator=torch.Generator(self.accelerator.device).manual_seed(cfg.train.seed + start))
-            scores = score_completions(rollout.texts, nums=[t["nums"] for t in chunk],
-                                       target=[t["target"] for t in chunk],
-                                       weights={"equation": 1.0, "format": 1.0})
-            correct += scores.per_function["equation"]
-            formatted += scores.per_function["format"]
-            lengths += rollout.lengths.tolist()
-        n = max(len(correct), 1)
-        return {"step": self.step, "eval/accuracy": sum(correct) / n, "eval/format_rate": sum(formatted) / n,
-                "eval/mean_length": sum(lengths) / n, "eval/num_tasks": len(correct)}
+        with self._whole_weights():
+            result = evaluate_policy(self.accelerator.unwrap_model(self.model), self.tokenizer, tasks, k=1,
+                                     max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
+                                     batch_size=batch_size, seed=cfg.train.seed, desc=f"eval @ step {self.step}")
+        return {"step": self.step, "eval/accuracy": result.accuracy, "eval/format_rate": result.format_rate,
+                "eval/mean_length": result.mean_length, "eval/num_tasks": result.num_tasks}
 
     def _run_eval(self) -> None:
         metrics = self.evaluate()
