@@ -341,8 +341,7 @@ class GRPOTrainer:
                         self.accelerator.backward(piece_loss * self._piece_weight(piece, batch, len(batches)))
                     logps.append(piece_logps.detach())
                 with torch.no_grad():  # the whole batch's loss value and stats, from the pieces' log-probs
-                    loss, stats = self._loss(torch.cat(logps), batch, window_tokens)
-                self._check_finite(loss)
+                    loss, stats = self._loss(torch.cat(logps), batch, window_tokens)  # finite: its pieces were
                 if cfg.loss.loss_type != "dapo":
                     loss = loss / len(batches)
                 for key, value in {"loss": loss.item(), **stats}.items():
