@@ -191,6 +191,9 @@ class TrainConfig:
     """rollout batches accumulated into one optimizer step"""
     prompts_per_pass: int = 1
     """prompts (each with its G completions) per forward/backward pass: fewer = less memory, same gradient"""
+    completions_per_pass: int = 1
+    """completions per forward/backward pass within those prompts, the prompts run once without a graph and
+    once with one at the end: fewer = less memory, same gradient (not under DeepSpeed or HF checkpointing)"""
     max_steps: int = 100
     """optimizer steps to train"""
     seed: int = 42
@@ -220,6 +223,7 @@ class TrainConfig:
         _number_in("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
         _positive_int("grad_accum_steps", self.grad_accum_steps)
         _positive_int("prompts_per_pass", self.prompts_per_pass)
+        _positive_int("completions_per_pass", self.completions_per_pass)
         _positive_int("max_steps", self.max_steps)
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,

@@ -144,15 +144,7 @@ def grouped_completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, 
     The prompt's last hidden state predicts the first completion token. Rows are prompt-major (row i*G + g).
     Needs a model that accepts `past_key_values` in training, so not with HF gradient checkpointing.
     """
-    if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
-        raise ValueError(f"prompt_ids and prompt_mask must both be (B, P), got {tuple(prompt_ids.shape)} and "
-                         f"{tuple(prompt_mask.shape)}")
-    if completion_ids.ndim != 2 or completion_mask.shape != completion_ids.shape \
-            or completion_ids.shape[0] != prompt_ids.shape[0] * group_size:
-        raise ValueError(f"completion_ids and completion_mask must both be (B*G, C) = ({prompt_ids.shape[0]}*"
-                         f"{group_size}, C), got {tuple(completion_ids.shape)} and {tuple(completion_mask.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} is not allowed: a number > 0")
+    _check_groups(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, temperature)
     if completion_ids.shape[1] == 1:  # nothing to share: keep one pass, through the (possibly DDP) wrapper
         ids = torch.cat([prompt_ids.repeat_interleave(group_size, dim=0), completion_ids], dim=1)
         mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)
@@ -171,12 +163,90 @@ def grouped_completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, 
     return _head_logps(model, hidden, completion_ids, chunk_size, temperature, return_entropy)
 
 
+def _check_groups(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+                  group_size: int, temperature: float) -> None:
+    if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"prompt_ids and prompt_mask must both be (B, P), got {tuple(prompt_ids.shape)} and "
+                         f"{tuple(prompt_mask.shape)}")
+    if completion_ids.ndim != 2 or completion_mask.shape != completion_ids.shape \
+            or completion_ids.shape[0] != prompt_ids.shape[0] * group_size:
+        raise ValueError(f"completion_ids and completion_mask must both be (B*G, C) = ({prompt_ids.shape[0]}*"
+                         f"{group_size}, C), got {tuple(completion_ids.shape)} and {tuple(completion_mask.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is not allowed: a number > 0")
+
+
+def _prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor) -> list[Tensor]:
+    """The prompts' last hidden state (B, H) and every layer's keys and values: what the completions read."""
+    cache = DynamicCache()
+    first = _final_hidden(model, prompt_ids, prompt_mask, cache=cache)[:, -1]  # (B, H)
+    return [first] + [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+
+def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                              completion_mask: Tensor, group_size: int, loss_fn, *, rows_per_pass: int = 1,
+                              backward=Tensor.backward, chunk_size: int = 128, temperature: float = 1.0) -> Tensor:
+    """Forward and backward of a loss of the B*G completions' log-probs, `rows_per_pass` completions at a time.
+
+    Activation memory is what training on a CPU runs out of first: scoring a whole group keeps every layer's
+    activations for the prompt and all G completions until the backward. Here the prompts run once without a
+    graph; their keys and values become leaf tensors that each small pass of completions reads (as in
+    `grouped_completion_logprobs`), and each pass's backward leaves its gradient on them. Last, the prompts run
+    again with a graph and receive those gradients: gradient checkpointing of the prompt, by hand, because
+    transformers turns the key/value cache off under its own checkpointing. Peak activations: one prompt pass or
+    `rows_per_pass` completions, whichever is larger. Cost: one extra forward of the prompts.
+
+    `loss_fn(logps, rows)` gets the log-probs (r, C) of completions `rows` (a slice of the B*G rows) and returns
+    their scalar share of the loss; `backward` is called on it (pass `accelerator.backward`). The gradient equals
+    that of the summed shares computed in one pass (up to float rounding). Dropout draws the same masks in both
+    prompt passes (the RNG state is replayed). Returns the detached log-probs (B*G, C).
+    Under DistributedDataParallel call it inside `no_sync` and reduce the gradients yourself: the last backward
+    here goes through the unwrapped model.
+    """
+    _check_groups(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, temperature)
+    if not isinstance(rows_per_pass, int) or rows_per_pass < 1:
+        raise ValueError(f"rows_per_pass={rows_per_pass!r} is not allowed: an integer >= 1")
+    inner = getattr(model, "module", model)  # under DDP, the prompt passes bypass the wrapper
+    devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
+    rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]  # replayed for the second pass
+    with torch.no_grad():
+        leaves = [t.detach().requires_grad_() for t in _prompt_pass(inner, prompt_ids, prompt_mask)]
+    first, keys, values = leaves[0], leaves[1::2], leaves[2::2]
+    n_rows, n_prompt = completion_ids.shape[0], prompt_ids.shape[1]
+    mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)  # (B*G, P + C)
+    positions = position_ids_from_mask(mask)[:, n_prompt:-1]  # (B*G, C - 1)
+    logps = []
+    for start in range(0, n_rows, rows_per_pass):
+        rows = slice(start, min(start + rows_per_pass, n_rows))
+        owner = torch.arange(rows.start, rows.stop, device=prompt_ids.device) // group_size  # each row's prompt
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k[owner], v[owner], layer)  # differentiable: the gradient reaches the leaves
+        rest = _final_hidden(model, completion_ids[rows, :-1], mask[rows, :-1], position_ids=positions[rows],
+                             cache=cache) if positions.shape[1] else first.new_zeros(len(owner), 0, first.shape[-1])  # (r, C-1, H)
+        hidden = torch.cat([first[owner][:, None], rest], dim=1)  # (r, C, H)
+        piece = _head_logps(model, hidden, completion_ids[rows], chunk_size, temperature, False)  # (r, C)
+        backward(loss_fn(piece, rows))
+        logps.append(piece.detach())
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(rng[0])
+        for device, state in zip(devices, rng[1]):
+            torch.cuda.set_rng_state(state, device)
+        outputs = _prompt_pass(inner, prompt_ids, prompt_mask)
+    pairs = [(out, leaf.grad) for out, leaf in zip(outputs, leaves) if leaf.grad is not None]
+    if pairs:
+        torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+    return torch.cat(logps)  # (B*G, C)
+
+
 def naive_completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_len: int, *,
-                              temperature: float = 1.0, return_entropy: bool = False):
-    """Reference: the usual full forward that materialises all N x (C+1) x V logits (TRL's logits_to_keep way)."""
+                              temperature: float = 1.0, return_entropy: bool = False, all_positions: bool = False):
+    """Reference: the usual forward that materialises N x (C+1) x V logits (TRL's logits_to_keep way), or with
+    all_positions=True the plain forward's full N x T x V logits."""
     _check_lengths(input_ids, attention_mask, completion_len, temperature)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                   use_cache=False, logits_to_keep=completion_len + 1).logits[:, :-1]  # (N, C, V)
+                   use_cache=False, logits_to_keep=0 if all_positions else completion_len + 1).logits
+    logits = logits[:, -completion_len - 1:-1]  # (N, C, V): position t predicts token t + 1
     return _token_logps(logits, input_ids[:, -completion_len:], temperature, return_entropy)
 
 
@@ -275,4 +345,5 @@ def _loss_stats(ratio: Tensor, adv: Tensor, mask: Tensor, kl: Tensor | None, ent
     return stats
 
 
-__all__ = ["group_advantages", "completion_logprobs", "grouped_completion_logprobs", "naive_completion_logprobs", "grpo_loss"]
+__all__ = ["group_advantages", "completion_logprobs", "grouped_completion_logprobs", "grouped_logprobs_backward",
+           "naive_completion_logprobs", "grpo_loss"]

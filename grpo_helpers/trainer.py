@@ -29,7 +29,8 @@ from transformers import get_scheduler
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
 from grpo_helpers.inference import evaluate as evaluate_policy
-from grpo_helpers.loss import completion_logprobs, group_advantages, grouped_completion_logprobs, grpo_loss
+from grpo_helpers.loss import (completion_logprobs, group_advantages, grouped_completion_logprobs,
+                               grouped_logprobs_backward, grpo_loss)
 from grpo_helpers.models import load_from_config
 from grpo_helpers.rewards import score_completions
 from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode
@@ -259,10 +260,13 @@ class GRPOTrainer:
         return True
 
     # ------------------------------------------------------------------ the algorithm
+    def _hf_checkpointing(self, model) -> bool:
+        return getattr(self.accelerator.unwrap_model(model), "is_gradient_checkpointing", False) and model.training
+
     def _logps(self, model, batch: Batch) -> torch.Tensor:
         """Completion log-probs (B*G, C); each prompt runs once per group unless HF checkpointing forbids a cache."""
         r, temperature = batch.rollout, self.config.rollout.temperature
-        if getattr(self.accelerator.unwrap_model(model), "is_gradient_checkpointing", False) and model.training:
+        if self._hf_checkpointing(model):
             return completion_logprobs(model, batch.input_ids, batch.attention_mask, r.completion_ids.shape[1],
                                        temperature=temperature)
         return grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
@@ -321,18 +325,25 @@ class GRPOTrainer:
     def optimize(self, batches: list[Batch]) -> dict[str, float]:
         """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass).
 
-        Each batch goes through the model `prompts_per_pass` prompt groups at a time, each piece's loss scaled
-        so that the summed gradients equal the whole batch's; the logged loss and stats are the whole batch's.
+        Each batch goes through the model `prompts_per_pass` prompts and `completions_per_pass` of their
+        completions at a time, each piece's loss scaled so that the summed gradients equal the whole batch's; the
+        logged loss and stats are the whole batch's. DeepSpeed (which steps inside backward) and HF gradient
+        checkpointing (no cache) take one backward per prompt piece instead.
         """
         cfg = self.config
         window_tokens = self._tokens_in_window(batches)
         sums: dict[str, float] = {}
         self.model.train()
+        small_passes = self.accelerator.state.deepspeed_plugin is None and not self._hf_checkpointing(self.model)
         for _ in range(cfg.loss.num_iterations):
             for index, batch in enumerate(batches):
                 pieces = self._pieces(batch)
                 logps = []
                 for number, piece in enumerate(pieces):
+                    if small_passes:  # gradients stay local; reduced once below
+                        with self.accelerator.no_sync(self.model):
+                            logps.append(self._backward_in_small_passes(piece, batch, len(batches), window_tokens))
+                        continue
                     last = index == len(batches) - 1 and number == len(pieces) - 1
                     with nullcontext() if last else self.accelerator.no_sync(self.model):  # all-reduce once
                         piece_logps = self._logps(self.model, piece)  # (G * prompts, C), with gradient
@@ -346,6 +357,8 @@ class GRPOTrainer:
                     loss = loss / len(batches)
                 for key, value in {"loss": loss.item(), **stats}.items():
                     sums[key] = sums.get(key, 0.0) + value
+            if small_passes:
+                self._average_gradients()
             grad_norm = self._clip_gradients()
             self.optimizer.step()
             self.scheduler.step()
@@ -355,6 +368,31 @@ class GRPOTrainer:
         out["loss"] = sums["loss"] / cfg.loss.num_iterations  # the loss is already averaged over the window
         out["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed: None before step 1
         return out
+
+    def _backward_in_small_passes(self, piece: Batch, batch: Batch, accumulated: int, window_tokens: int) -> torch.Tensor:
+        """Backward of the piece's loss share, `completions_per_pass` rows at a time; returns its log-probs (r, C)."""
+        r = piece.rollout
+
+        def share(logps: torch.Tensor, rows: slice) -> torch.Tensor:
+            part = self._select(piece, slice(None), rows)
+            loss, _ = self._loss(logps, part, window_tokens)
+            self._check_finite(loss)
+            return loss * self._piece_weight(part, batch, accumulated)
+
+        return grouped_logprobs_backward(self.model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                         r.group_size, share, rows_per_pass=self.config.train.completions_per_pass,
+                                         backward=self.accelerator.backward,
+                                         temperature=self.config.rollout.temperature)
+
+    def _average_gradients(self) -> None:
+        """What DDP's all-reduce does, once per step, for gradients accumulated under `no_sync`."""
+        if self.world_size == 1:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+        flat = self.accelerator.reduce(flat, reduction="mean")
+        for p, grad in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = grad.view_as(p).clone()
 
     def _clip_gradients(self) -> torch.Tensor | float | None:
         """Clip to max_grad_norm (0 = no clipping) and return the norm before clipping, for the logs."""
@@ -376,20 +414,22 @@ class GRPOTrainer:
         prompts = batch.rollout.prompt_ids.shape[0]
         if step >= prompts:
             return [batch]
-        pieces = []
-        for start in range(0, prompts, step):
-            p, rows = slice(start, start + step), slice(start * G, (start + step) * G)
-            r = batch.rollout
-            rollout = Rollout(prompt_ids=r.prompt_ids[p], prompt_mask=r.prompt_mask[p],
-                              completion_ids=r.completion_ids[rows], completion_mask=r.completion_mask[rows],
-                              lengths=r.lengths[rows], truncated=r.truncated[rows], texts=r.texts[rows],
-                              group_size=G, seconds=r.seconds)
-            pieces.append(Batch(rollout=rollout, input_ids=batch.input_ids[rows],
-                                attention_mask=batch.attention_mask[rows], advantages=batch.advantages[rows],
-                                ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows],
-                                old_logps=None if batch.old_logps is None else batch.old_logps[rows],
-                                rewards=batch.rewards[rows], tasks=batch.tasks[p]))
-        return pieces
+        return [self._select(batch, slice(start, start + step), slice(start * G, (start + step) * G))
+                for start in range(0, prompts, step)]
+
+    @staticmethod
+    def _select(batch: Batch, prompts: slice, rows: slice) -> Batch:
+        """Prompts `prompts` of the batch and completion rows `rows` (the caller keeps the two consistent)."""
+        r = batch.rollout
+        rollout = Rollout(prompt_ids=r.prompt_ids[prompts], prompt_mask=r.prompt_mask[prompts],
+                          completion_ids=r.completion_ids[rows], completion_mask=r.completion_mask[rows],
+                          lengths=r.lengths[rows], truncated=r.truncated[rows], texts=r.texts[rows],
+                          group_size=r.group_size, seconds=r.seconds)
+        return Batch(rollout=rollout, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows],
+                     advantages=batch.advantages[rows],
+                     ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows],
+                     old_logps=None if batch.old_logps is None else batch.old_logps[rows],
+                     rewards=batch.rewards[rows], tasks=batch.tasks[prompts])
 
     def _piece_weight(self, piece: Batch, batch: Batch, accumulated: int) -> float:
         """What turns a piece's loss into its share of the batch's loss (then divided over accumulated batches)."""

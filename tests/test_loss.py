@@ -9,10 +9,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_helpers.loss import (completion_logprobs, group_advantages, grouped_completion_logprobs, grpo_loss,
+from grpo_helpers.loss import (_final_hidden, _head_logps, completion_logprobs, group_advantages,
+                               grouped_completion_logprobs, grouped_logprobs_backward, grpo_loss,
                                naive_completion_logprobs)
 from grpo_helpers.rollout import generate_groups
-from tiny import tiny_lora
+from grpo_helpers.models import add_lora
+from tiny import tiny_llama, tiny_lora
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 
@@ -255,16 +257,18 @@ def test_chunked_logprobs_match_naive_values_and_gradients(lora):
         assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     weights = torch.randn(ids.shape[0], c)  # a random linear functional of the log-probs
     results = []
-    for fn, extra in ((naive_completion_logprobs, {}), (completion_logprobs, {"chunk_size": 7})):
+    for fn, extra in ((naive_completion_logprobs, {}), (naive_completion_logprobs, {"all_positions": True}),
+                      (completion_logprobs, {"chunk_size": 7})):
         logps, entropy = fn(model, ids, mask, c, temperature=0.7, return_entropy=True, **extra)
         grads = torch.autograd.grad((logps * weights * mask[:, -c:]).sum(), params)
         results.append((logps, entropy, grads))
-    (naive, naive_ent, naive_grads), (chunked, chunked_ent, chunked_grads) = results
-    assert chunked.shape == (ids.shape[0], c)
-    assert (naive - chunked).abs().max() <= 1e-5
-    assert (naive_ent - chunked_ent).abs().max() <= 1e-5
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(naive_grads, chunked_grads))
-    assert max(g.abs().max() for g in chunked_grads) > 0  # gradients reach the (LoRA) parameters
+    naive, naive_ent, naive_grads = results[0]
+    for other, other_ent, other_grads in results[1:]:  # full N x T x V logits, then the chunked pass
+        assert other.shape == (ids.shape[0], c)
+        assert (naive - other).abs().max() <= 1e-5
+        assert (naive_ent - other_ent).abs().max() <= 1e-5
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(naive_grads, other_grads))
+    assert max(g.abs().max() for g in results[-1][2]) > 0  # gradients reach the (LoRA) parameters
 
 
 def test_chunked_logprobs_are_real_logprobs_and_work_without_grad():
@@ -374,6 +378,81 @@ def test_grouped_logprobs_equal_full_sequence_logprobs_and_gradients(tokenizer):
     assert (grouped - full)[real].abs().max() < 1e-5
     assert max((a - b).abs().max().item() for a, b in zip(grouped_grads, full_grads)) < 1e-5
     assert any(g.abs().sum() > 0 for g in grouped_grads)
+
+
+def _weighted_share(weights: torch.Tensor, mask: torch.Tensor):
+    """A loss split over rows, as the trainer splits grpo_loss: each slice of rows returns its own share."""
+    return lambda logps, rows: (logps * weights[rows] * mask[rows]).sum()
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 2, 4, 6])
+def test_logprobs_backward_in_small_passes_equals_one_pass(tokenizer, rows_per_pass):
+    """Scoring a few completions at a time, prompt recomputed at the end, gives the one-pass values and gradients."""
+    model, r = _groups(tokenizer)
+    r.completion_mask[1, 4:] = 0
+    real = r.completion_mask.float()
+    weights = torch.randn(r.completion_ids.shape, generator=torch.Generator().manual_seed(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    whole = grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                        r.group_size, chunk_size=5, temperature=0.7)
+    whole_grads = torch.autograd.grad(_weighted_share(weights, real)(whole, slice(None)), params)
+    calls = []
+
+    def share(logps, rows):
+        calls.append((rows.start, rows.stop))
+        return _weighted_share(weights, real)(logps, rows)
+
+    logps = grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                      r.group_size, share, rows_per_pass=rows_per_pass, chunk_size=5,
+                                      temperature=0.7)
+    n = r.completion_ids.shape[0]
+    assert calls == [(s, min(s + rows_per_pass, n)) for s in range(0, n, rows_per_pass)]
+    assert not logps.requires_grad
+    assert (logps - whole.detach())[real.bool()].abs().max() < 1e-5
+    grads = [p.grad for p in params]
+    assert max((a - b).abs().max().item() for a, b in zip(grads, whole_grads)) < 1e-5
+    assert all(g.abs().sum() > 0 for g in whole_grads[:2])
+
+
+def test_logprobs_backward_replays_the_prompts_dropout(tokenizer):
+    """With dropout on, the recomputed prompt pass must draw the masks of the first one, or the gradient is wrong."""
+    _, r = _groups(tokenizer)
+    model = add_lora(tiny_llama(tokenizer), r=4, alpha=8, dropout=0.3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    model.train()
+    weights = torch.randn(r.completion_ids.shape, generator=torch.Generator().manual_seed(3))
+    real = r.completion_mask.float()
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(5)  # the reference: prompt pass then completion pass, one graph, the same mask draws in order
+    from transformers import DynamicCache
+    cache = DynamicCache()
+    first = _final_hidden(model, r.prompt_ids, r.prompt_mask, cache=cache)[:, -1]
+    cache.batch_repeat_interleave(r.group_size)
+    mask = torch.cat([r.prompt_mask.repeat_interleave(r.group_size, dim=0), r.completion_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, r.prompt_ids.shape[1]:-1]
+    rest = _final_hidden(model, r.completion_ids[:, :-1], mask[:, :-1], position_ids=positions, cache=cache)
+    hidden = torch.cat([first.repeat_interleave(r.group_size, dim=0)[:, None], rest], dim=1)
+    reference = _head_logps(model, hidden, r.completion_ids, 5, 1.0, False)
+    reference_grads = torch.autograd.grad(_weighted_share(weights, real)(reference, slice(None)), params)
+    torch.manual_seed(5)
+    logps = grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                      r.group_size, _weighted_share(weights, real), rows_per_pass=6, chunk_size=5)
+    assert (logps - reference.detach()).abs().max() < 1e-5
+    assert max((p.grad - g).abs().max().item() for p, g in zip(params, reference_grads)) < 1e-5
+
+
+def test_logprobs_backward_errors(tokenizer):
+    model, r = _groups(tokenizer)
+    with pytest.raises(ValueError, match="rows_per_pass=0"):
+        grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 3,
+                                  lambda logps, rows: logps.sum(), rows_per_pass=0)
+    with pytest.raises(ValueError, match=r"\(2\*4, C\)"):
+        grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 4,
+                                  lambda logps, rows: logps.sum())
 
 
 def test_grouped_logprobs_errors(tokenizer):
