@@ -31,7 +31,7 @@ from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, tra
 from grpo_helpers.inference import evaluate as evaluate_policy
 from grpo_helpers.loss import (completion_logprobs, group_advantages, grouped_completion_logprobs,
                                grouped_logprobs_backward, grpo_loss)
-from grpo_helpers.models import load_from_config
+from grpo_helpers.models import load_from_config, release_freed_memory
 from grpo_helpers.rewards import score_completions
 from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode
 
@@ -458,8 +458,10 @@ class GRPOTrainer:
             batches.append(batch)
             for key in timing:
                 timing[key] += t[key]
+        release_freed_memory()  # sampling's leftovers, before the train pass allocates
         t_train = time.perf_counter()
         stats = self.optimize(batches)
+        release_freed_memory()  # the backward's, before the next rollout
         self.step += 1
         metrics = self._step_metrics(batches, stats)
         metrics.update(timing)

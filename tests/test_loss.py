@@ -13,7 +13,7 @@ from grpo_helpers.loss import (_final_hidden, _head_logps, completion_logprobs, 
                                grouped_completion_logprobs, grouped_logprobs_backward, grpo_loss,
                                naive_completion_logprobs)
 from grpo_helpers.rollout import generate_groups
-from grpo_helpers.models import add_lora
+from grpo_helpers.models import DropoutLinear, add_lora
 from tiny import tiny_llama, tiny_lora
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -422,7 +422,7 @@ def test_logprobs_backward_replays_the_prompts_dropout(tokenizer):
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.3)
-    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    assert any(isinstance(m, DropoutLinear) for m in model.modules())
     model.train()
     weights = torch.randn(r.completion_ids.shape, generator=torch.Generator().manual_seed(3))
     real = r.completion_mask.float()
