@@ -150,16 +150,11 @@ def grouped_completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, 
         mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)
         return completion_logprobs(model, ids, mask, 1, chunk_size=chunk_size, temperature=temperature,
                                    return_entropy=return_entropy)
-    cache = DynamicCache()
     # the prompt pass goes through the unwrapped model: under DDP only the last forward before backward may use
     # the wrapper (it prepares the gradient all-reduce); gradients from both passes reach the same parameters
-    inner = getattr(model, "module", model)
-    first = _final_hidden(inner, prompt_ids, prompt_mask, cache=cache)[:, -1:]  # (B, 1, H)
-    cache.batch_repeat_interleave(group_size)  # differentiable: every completion reads the same prompt keys
-    mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)  # (B*G, P + C)
-    positions = position_ids_from_mask(mask)[:, prompt_ids.shape[1]:-1]  # (B*G, C - 1)
-    rest = _final_hidden(model, completion_ids[:, :-1], mask[:, :-1], position_ids=positions, cache=cache)
-    hidden = torch.cat([first.repeat_interleave(group_size, dim=0), rest], dim=1)  # (B*G, C, H)
+    prompt_out = _prompt_pass(getattr(model, "module", model), prompt_ids, prompt_mask)
+    hidden = _rows_hidden(model, prompt_out, prompt_mask, completion_ids, completion_mask, group_size,
+                          slice(0, completion_ids.shape[0]))  # (B*G, C, H)
     return _head_logps(model, hidden, completion_ids, chunk_size, temperature, return_entropy)
 
 
@@ -181,6 +176,24 @@ def _prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor) -> list[Tensor]
     cache = DynamicCache()
     first = _final_hidden(model, prompt_ids, prompt_mask, cache=cache)[:, -1]  # (B, H)
     return [first] + [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+
+def _rows_hidden(model, prompt_out: list[Tensor], prompt_mask: Tensor, completion_ids: Tensor,
+                 completion_mask: Tensor, group_size: int, rows: slice) -> Tensor:
+    """Final hidden states (r, C, H) for completion rows `rows`, reading their prompts' keys and values from
+    `prompt_out` (what `_prompt_pass` returns); the prompt's last state predicts the first completion token."""
+    first, keys, values = prompt_out[0], prompt_out[1::2], prompt_out[2::2]
+    owner = torch.arange(rows.start, rows.stop, device=first.device) // group_size  # each row's prompt
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k[owner], v[owner], layer)  # differentiable: the gradient reaches the prompt's keys/values
+    mask = torch.cat([prompt_mask[owner], completion_mask[rows]], dim=1)  # (r, P + C)
+    positions = position_ids_from_mask(mask)[:, prompt_mask.shape[1]:-1]  # (r, C - 1)
+    if positions.shape[1]:
+        rest = _final_hidden(model, completion_ids[rows, :-1], mask[:, :-1], position_ids=positions, cache=cache)
+    else:  # one-token completions: the prompt's last state is all there is
+        rest = first.new_zeros(len(owner), 0, first.shape[-1])
+    return torch.cat([first[owner][:, None], rest], dim=1)  # (r, C, H)
 
 
 def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
@@ -211,20 +224,10 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
     rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]  # replayed for the second pass
     with torch.no_grad():
         leaves = [t.detach().requires_grad_() for t in _prompt_pass(inner, prompt_ids, prompt_mask)]
-    first, keys, values = leaves[0], leaves[1::2], leaves[2::2]
-    n_rows, n_prompt = completion_ids.shape[0], prompt_ids.shape[1]
-    mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), completion_mask], dim=1)  # (B*G, P + C)
-    positions = position_ids_from_mask(mask)[:, n_prompt:-1]  # (B*G, C - 1)
-    logps = []
+    n_rows, logps = completion_ids.shape[0], []
     for start in range(0, n_rows, rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, n_rows))
-        owner = torch.arange(rows.start, rows.stop, device=prompt_ids.device) // group_size  # each row's prompt
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(zip(keys, values)):
-            cache.update(k[owner], v[owner], layer)  # differentiable: the gradient reaches the leaves
-        rest = _final_hidden(model, completion_ids[rows, :-1], mask[rows, :-1], position_ids=positions[rows],
-                             cache=cache) if positions.shape[1] else first.new_zeros(len(owner), 0, first.shape[-1])  # (r, C-1, H)
-        hidden = torch.cat([first[owner][:, None], rest], dim=1)  # (r, C, H)
+        hidden = _rows_hidden(model, leaves, prompt_mask, completion_ids, completion_mask, group_size, rows)
         piece = _head_logps(model, hidden, completion_ids[rows], chunk_size, temperature, False)  # (r, C)
         backward(loss_fn(piece, rows))
         logps.append(piece.detach())

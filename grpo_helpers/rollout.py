@@ -113,7 +113,6 @@ def lora_folded(model: torch.nn.Module) -> Iterator[None]:
                 checksum = _bits(weight).sum(dtype=torch.int64)
                 folded_layers.append((layer, misses, weight.view(-1)[misses].clone(), checksum))
                 weight.copy_(folded)
-                del folded
         with model.disable_adapter():
             yield
     finally:

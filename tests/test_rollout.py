@@ -51,13 +51,19 @@ def test_same_generator_seed_same_samples_and_mode_restored(tokenizer):
     assert not torch.equal(other.completion_ids, runs[0].completion_ids)
 
 
-def test_folded_lora_samples_like_the_adapter_and_leaves_the_weights_untouched(tokenizer):
-    """Sampling runs on W + scale * B @ A folded into one matrix; afterwards every weight has its old bits."""
+def lora_that_matters(tokenizer):
+    """The tiny LoRA model with a non-zero adapter (B starts at zero), so folding it changes the weights."""
     model = tiny_lora(tokenizer)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.3)
+    return model
+
+
+def test_folded_lora_samples_like_the_adapter_and_leaves_the_weights_untouched(tokenizer):
+    """Sampling runs on W + scale * B @ A folded into one matrix; afterwards every weight has its old bits."""
+    model = lora_that_matters(tokenizer)
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}
     ids = tokenizer(["Count: one two three"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -76,12 +82,10 @@ def test_folded_lora_samples_like_the_adapter_and_leaves_the_weights_untouched(t
 
 def test_folding_in_place_restores_entries_that_rounding_would_lose(tokenizer):
     """Weights just below a power of two (or signed zeros) do not survive w + d - d: they come back from the list."""
-    model = tiny_lora(tokenizer)
+    model = lora_that_matters(tokenizer)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
-            elif "q_proj.base_layer.weight" in name:
+            if "q_proj.base_layer.weight" in name:
                 param[0, :8] = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))  # 0.99999994: w + d - d != w
                 param[1, :8] = -0.0
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -96,13 +100,9 @@ def test_folding_in_place_restores_entries_that_rounding_would_lose(tokenizer):
 
 
 def test_folding_refuses_to_continue_when_the_weights_do_not_come_back(tokenizer):
-    model = tiny_lora(tokenizer)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
-        with pytest.raises(RuntimeError, match="bit for bit"), lora_folded(model):
-            next(p for n, p in model.named_parameters() if "lora_B" in n).mul_(2)  # the delta changes meanwhile
+    model = lora_that_matters(tokenizer)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="bit for bit"), lora_folded(model):
+        next(p for n, p in model.named_parameters() if "lora_B" in n).mul_(2)  # the delta changes meanwhile
 
 
 def test_sample_tokens_follows_the_distribution_and_never_picks_zero_probability():
