@@ -36,6 +36,10 @@ def rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def random_model(hub_id: str, device: str):
     """A model with the hub model's architecture and random weights (no weight download): for GPU timing only."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -67,10 +71,11 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
         train, test = train_test_split(generate_countdown(200, seed=args.seed), test_size=8, seed=args.seed)
         trainer = GRPOTrainer(config, train_tasks=train, test_tasks=test, model=model, tokenizer=tokenizer)
         load_s, rss_after_load = time.perf_counter() - t0, rss_mib()
-        rows = []
+        rows, peaks = [], []
         for _ in range(args.warmup + args.steps):
             metrics, _ = trainer.train_step()
             rows.append(metrics)
+            peaks.append(peak_rss_mib())  # shows which step set the peak
     timed = rows[args.warmup:]
 
     def median(key: str) -> float:
@@ -89,7 +94,8 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
         "ms_per_completion_token": round(1000 * sum(r["time/step"] for r in timed) / tokens, 2),
         "mean_reward_per_step_all": [round(r["reward"], 3) for r in rows],
         "load_sec": round(load_s, 2), "rss_after_load_mib": round(rss_after_load, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": peak_rss_mib(), "peak_rss_mib_after_each_step": peaks,
+        "completion_tokens_per_step_all": [int(r["completions/total_tokens"]) for r in rows],
     }
     if torch.cuda.is_available() and args.device == "cuda":
         result["cuda_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

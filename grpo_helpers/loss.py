@@ -205,14 +205,15 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
     activations for the prompt and all G completions until the backward. Here the prompts run once without a
     graph; their keys and values become leaf tensors that each small pass of completions reads (as in
     `grouped_completion_logprobs`), and each pass's backward leaves its gradient on them. Last, the prompts run
-    again with a graph and receive those gradients: gradient checkpointing of the prompt, by hand, because
-    transformers turns the key/value cache off under its own checkpointing. Peak activations: one prompt pass or
-    `rows_per_pass` completions, whichever is larger. Cost: one extra forward of the prompts.
+    again with a graph, one prompt at a time, and receive those gradients: gradient checkpointing of the prompt,
+    by hand, because transformers turns the key/value cache off under its own checkpointing. Peak activations:
+    one prompt or `rows_per_pass` completions, whichever is larger. Cost: one extra forward of the prompts.
 
     `loss_fn(logps, rows)` gets the log-probs (r, C) of completions `rows` (a slice of the B*G rows) and returns
     their scalar share of the loss; `backward` is called on it (pass `accelerator.backward`). The gradient equals
     that of the summed shares computed in one pass (up to float rounding). Dropout draws the same masks in both
-    prompt passes (the RNG state is replayed). Returns the detached log-probs (B*G, C).
+    passes of a prompt (the RNG state is replayed); the draws go prompt by prompt, then the completions.
+    Returns the detached log-probs (B*G, C).
     Under DistributedDataParallel call it inside `no_sync` and reduce the gradients yourself: the last backward
     here goes through the unwrapped model.
     """
@@ -221,9 +222,14 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
         raise ValueError(f"rows_per_pass={rows_per_pass!r} is not allowed: an integer >= 1")
     inner = getattr(model, "module", model)  # under DDP, the prompt passes bypass the wrapper
     devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
-    rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]  # replayed for the second pass
+    prompts = [slice(i, i + 1) for i in range(prompt_ids.shape[0])]  # one prompt's graph at a time
+    rng_states, outputs = [], []
     with torch.no_grad():
-        leaves = [t.detach().requires_grad_() for t in _prompt_pass(inner, prompt_ids, prompt_mask)]
+        for one in prompts:
+            rng_states.append((torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]))
+            outputs.append(_prompt_pass(inner, prompt_ids[one], prompt_mask[one]))
+    leaves = [torch.cat(parts).requires_grad_() for parts in zip(*outputs)]  # (B, ...) each
+    del outputs
     n_rows, logps = completion_ids.shape[0], []
     for start in range(0, n_rows, rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, n_rows))
@@ -232,13 +238,15 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
         backward(loss_fn(piece, rows))
         logps.append(piece.detach())
     with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(rng[0])
-        for device, state in zip(devices, rng[1]):
-            torch.cuda.set_rng_state(state, device)
-        outputs = _prompt_pass(inner, prompt_ids, prompt_mask)
-    pairs = [(out, leaf.grad) for out, leaf in zip(outputs, leaves) if leaf.grad is not None]
-    if pairs:
-        torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+        for one, (cpu_state, cuda_states) in zip(prompts, rng_states):
+            torch.set_rng_state(cpu_state)  # the dropout masks of this prompt's first pass
+            for device, state in zip(devices, cuda_states):
+                torch.cuda.set_rng_state(state, device)
+            outputs = _prompt_pass(inner, prompt_ids[one], prompt_mask[one])
+            pairs = [(out, leaf.grad[one]) for out, leaf in zip(outputs, leaves) if leaf.grad is not None]
+            if pairs:
+                torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+            del outputs, pairs
     return torch.cat(logps)  # (B*G, C)
 
 

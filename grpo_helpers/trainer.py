@@ -151,6 +151,9 @@ class GRPOTrainer:
             plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm  # the engine clips, not us
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, self.optimizer,
                                                                               self.scheduler)
+        # The model itself, under any DDP/DeepSpeed wrapper. Asking accelerate each time imports DeepSpeed
+        # (+17 MB resident) even when nothing was wrapped.
+        self.unwrapped_model = model if self.model is model else self.accelerator.unwrap_model(self.model)
         # Sampling has its own generator so that changing e.g. dropout does not change which tokens are drawn.
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.train.seed * 1000 + self.rank)
         self.step = 0
@@ -210,7 +213,7 @@ class GRPOTrainer:
             tmp = final.with_name(final.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            self.accelerator.unwrap_model(self.model).save_pretrained(tmp / "model", state_dict=weights)
+            self.unwrapped_model.save_pretrained(tmp / "model", state_dict=weights)
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                      "generator": self.generator.get_state(), "sampler": self.sampler.state_dict()}
@@ -231,7 +234,7 @@ class GRPOTrainer:
         if not checkpoints:
             return False
         path = checkpoints[-1]
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped = self.unwrapped_model
         if self.is_lora:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
@@ -261,7 +264,8 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the algorithm
     def _hf_checkpointing(self, model) -> bool:
-        return getattr(self.accelerator.unwrap_model(model), "is_gradient_checkpointing", False) and model.training
+        inner = getattr(model, "module", model)  # under a DDP or DeepSpeed wrapper
+        return getattr(inner, "is_gradient_checkpointing", False) and model.training
 
     def _logps(self, model, batch: Batch) -> torch.Tensor:
         """Completion log-probs (B*G, C); each prompt runs once per group unless HF checkpointing forbids a cache."""
@@ -285,7 +289,7 @@ class GRPOTrainer:
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
-        cfg, model = self.config, self.accelerator.unwrap_model(self.model)
+        cfg, model = self.config, self.unwrapped_model
         tasks = next(self.sampler)
         t0 = time.perf_counter()
         with self._whole_weights():
@@ -517,7 +521,7 @@ class GRPOTrainer:
         cfg = self.config
         tasks = (tasks if tasks is not None else self.test_tasks)[: cfg.train.eval_tasks]
         with self._whole_weights():
-            result = evaluate_policy(self.accelerator.unwrap_model(self.model), self.tokenizer, tasks, k=1,
+            result = evaluate_policy(self.unwrapped_model, self.tokenizer, tasks, k=1,
                                      max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
                                      batch_size=batch_size, seed=cfg.train.seed, desc=f"eval @ step {self.step}")
@@ -569,7 +573,7 @@ class GRPOTrainer:
         path = Path(path)
         weights = self._gathered_state_dict()
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).save_pretrained(path, state_dict=weights)
+            self.unwrapped_model.save_pretrained(path, state_dict=weights)
             self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path

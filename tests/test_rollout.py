@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_helpers.rollout import generate_groups, lora_folded, sample_tokens
+from grpo_helpers.rollout import generate_groups, lora_folded, onednn_decode_linears, sample_tokens
 from tiny import tiny_lora, tiny_llama
 
 PROMPTS = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]
@@ -99,6 +99,21 @@ def test_folding_in_place_restores_entries_that_rounding_would_lose(tokenizer):
         assert torch.equal(param.detach().view(torch.int32), before[name].view(torch.int32)), name
 
 
+def test_folding_bf16_weights_rounds_once_and_restores_every_bit(tokenizer):
+    """bf16 base weights with fp32 LoRA (peft's layout on a GPU): the fold is W + delta in fp32, rounded once."""
+    model = lora_that_matters(tokenizer)
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "base_layer"):
+                module.base_layer.weight.data = module.base_layer.weight.data.bfloat16()
+    before = layer.base_layer.weight.detach().clone()
+    expected = (before.float() + layer.get_delta_weight("default")).bfloat16()
+    with torch.no_grad(), lora_folded(model):
+        assert torch.equal(layer.base_layer.weight.view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(layer.base_layer.weight.view(torch.int16), before.view(torch.int16))
+
+
 def test_folding_refuses_to_continue_when_the_weights_do_not_come_back(tokenizer):
     model = lora_that_matters(tokenizer)
     with torch.no_grad(), pytest.raises(RuntimeError, match="bit for bit"), lora_folded(model):
@@ -113,3 +128,18 @@ def test_sample_tokens_follows_the_distribution_and_never_picks_zero_probability
     assert freq[1] == 0 and freq[4] == 0
     edge = torch.tensor([[0.0, 1.0, 0.0]])  # every draw must land on the only possible token
     assert (sample_tokens(edge.repeat(1000, 1), torch.Generator().manual_seed(1)) == 1).all()
+
+
+def test_onednn_decode_linears_give_the_same_logits_and_are_undone(tokenizer):
+    model = lora_that_matters(tokenizer).eval()
+    ids = tokenizer(["Count: one two three"], return_tensors="pt")["input_ids"]
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with onednn_decode_linears(model):
+            assert all("forward" in vars(m) for m in linears)  # really swapped, LM head included
+            fast = model(input_ids=ids).logits
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert not any("forward" in vars(m) for m in linears)
+    with onednn_decode_linears(model):  # with autograd on it must not touch the layers (the op has no backward)
+        assert not any("forward" in vars(m) for m in linears)
