@@ -4,6 +4,7 @@
     python bench/step_time.py --sweep           # also G in (2, 4, 8) and max_new_tokens in (32, 64, 128)
     python bench/step_time.py --set lora_dropout 0   # the standard job with one field changed
     python bench/step_time.py --model random:Qwen/Qwen2.5-3B --device cuda   # GPU: Qwen2.5-3B shape, random weights
+    python bench/step_time.py --model random:bench/model_configs/Qwen2.5-3B --tokenizer DIR --device cuda  # offline
 
 The standard job is the one the peers in ../shared/peers run (TRL GRPOTrainer, AgileRL): the bundled
 SmolLM2-135M-Instruct, LoRA r16/alpha64 on all projections, 2 prompts x G=4, 64 new tokens, temperature 0.7,
@@ -40,17 +41,23 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def random_model(hub_id: str, device: str):
-    """A model with the hub model's architecture and random weights (no weight download): for GPU timing only."""
+def random_model(config_source: str, tokenizer_source: str, device: str, settings):
+    """A model with the architecture of `config_source` (hub id or folder holding a config.json) and random weights,
+    built directly on `device` (a 3B model initialises in seconds on a GPU), with the job's LoRA and checkpointing.
+    For timing only: nothing is downloaded but the config and tokenizer, and nothing if both are folders."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from grpo_helpers.models import add_lora, load_tokenizer, resolve_attention, resolve_dtype
+    from grpo_helpers.models import load_tokenizer, ready_for_training, resolve_attention, resolve_dtype
 
-    config = AutoConfig.from_pretrained(hub_id)
-    dtype = resolve_dtype("auto", device)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                             attn_implementation=resolve_attention("auto", device)).to(device)
-    return add_lora(model), load_tokenizer(hub_id)
+    tokenizer = load_tokenizer(tokenizer_source)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(config_source), dtype=resolve_dtype(settings.dtype, device),
+            attn_implementation=resolve_attention(settings.attn_implementation, device))
+    model = ready_for_training(model, tokenizer, gradient_checkpointing=settings.gradient_checkpointing, use_lora=True,
+                               lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                               lora_dropout=settings.lora_dropout, lora_target_modules=settings.lora_target_modules)
+    return model, tokenizer
 
 
 def run_one(args: argparse.Namespace, overrides: dict) -> dict:
@@ -67,7 +74,8 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
                                        "reward_weights": {"format": 1.0, "equation": 1.0}})
         model = tokenizer = None
         if args.model.startswith("random:"):
-            model, tokenizer = random_model(args.model.removeprefix("random:"), args.device)
+            source = args.model.removeprefix("random:")
+            model, tokenizer = random_model(source, args.tokenizer or source, args.device, config.model)
         train, test = train_test_split(generate_countdown(200, seed=args.seed), test_size=8, seed=args.seed)
         trainer = GRPOTrainer(config, train_tasks=train, test_tasks=test, model=model, tokenizer=tokenizer)
         load_s, rss_after_load = time.perf_counter() - t0, rss_mib()
@@ -99,6 +107,9 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
     }
     if torch.cuda.is_available() and args.device == "cuda":
         result["cuda_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        result["cuda_peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        result["attn_implementation"] = trainer.unwrapped_model.config._attn_implementation
+        result["dtype"] = str(next(trainer.unwrapped_model.parameters()).dtype)
         result["gpu"] = torch.cuda.get_device_name()
     return result
 
@@ -106,7 +117,7 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
 def in_subprocess(args: argparse.Namespace, overrides: dict) -> dict:
     cmd = [sys.executable, __file__, "--one", json.dumps(overrides), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--model", args.model, "--device", args.device]
+           "--model", args.model, "--device", args.device] + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -121,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--sweep", action="store_true", help="also vary group size and completion length")
     parser.add_argument("--model", default="bundled", help="'bundled' or 'random:<hub id>' (config only)")
+    parser.add_argument("--tokenizer", help="for random:<source>: another tokenizer (hub id or folder), e.g. offline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
                         help="change a field of the standard job (YAML value), e.g. --set lora_dropout 0")

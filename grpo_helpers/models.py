@@ -244,13 +244,23 @@ def load_model_and_tokenizer(
     loaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=resolve_dtype(dtype, device), attn_implementation=resolve_attention(attn_implementation, device)
     )
-    loaded.generation_config.pad_token_id = tokenizer.pad_token_id
-    if gradient_checkpointing:
-        loaded.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        loaded.enable_input_require_grads()  # so checkpointed blocks see a grad path when only LoRA trains
-    if use_lora:
-        loaded = add_lora(loaded, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
+    loaded = ready_for_training(loaded, tokenizer, gradient_checkpointing=gradient_checkpointing, use_lora=use_lora,
+                                lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                lora_target_modules=lora_target_modules)
     return loaded.to(device), tokenizer
+
+
+def ready_for_training(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, gradient_checkpointing: bool,
+                       use_lora: bool, lora_r: int, lora_alpha: int, lora_dropout: float,
+                       lora_target_modules: list[str] | tuple[str, ...]) -> PreTrainedModel:
+    """Pad token, optional activation checkpointing and LoRA: what every loaded model gets before training."""
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # so checkpointed blocks see a grad path when only LoRA trains
+    if use_lora:
+        model = add_lora(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
+    return model
 
 
 def load_from_config(config, device: torch.device | str | None = None):  # config: grpo_helpers.config.ModelConfig
