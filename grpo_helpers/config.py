@@ -125,8 +125,11 @@ class RolloutConfig:
     """nucleus sampling mass (1.0 = off)"""
     top_k: int = 0
     """sample among the k most likely tokens (0 = off)"""
+    cuda_graph: bool = True
+    """on a GPU, replay each decode step as one recorded CUDA graph (SDPA attention); False = plain launches"""
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.cuda_graph, bool), "cuda_graph", self.cuda_graph, "true or false")
         _positive_int("num_prompts", self.num_prompts)
         _positive_int("group_size", self.group_size, 2)
         _positive_int("max_new_tokens", self.max_new_tokens)

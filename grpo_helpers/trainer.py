@@ -296,7 +296,8 @@ class GRPOTrainer:
             rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, tasks),
                                       group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                      top_k=cfg.rollout.top_k, generator=self.generator)
+                                      top_k=cfg.rollout.top_k, generator=self.generator,
+                                      cuda_graph=cfg.rollout.cuda_graph)
         t1 = time.perf_counter()
         G = cfg.rollout.group_size
         nums = [t["nums"] for t in tasks for _ in range(G)]

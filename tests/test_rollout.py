@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grpo_helpers import rollout as rollout_module
 from grpo_helpers.rollout import generate_groups, lora_folded, onednn_decode_linears, sample_tokens
 from tiny import tiny_lora, tiny_llama
 
 PROMPTS = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]
 
 
-def test_greedy_rollout_matches_generate_on_each_unpadded_prompt(tokenizer):
-    model = tiny_llama(tokenizer).eval()
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])  # fixed-shape / growing-mask decode steps
+def test_greedy_rollout_matches_generate_on_each_unpadded_prompt(tokenizer, attn_implementation):
+    model = tiny_llama(tokenizer, attn_implementation=attn_implementation).eval()
+    assert model.config._attn_implementation == attn_implementation
     rollout = generate_groups(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=12, greedy=True)
     for i, prompt in enumerate(PROMPTS):
         ids = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
@@ -143,3 +146,60 @@ def test_onednn_decode_linears_give_the_same_logits_and_are_undone(tokenizer):
     assert not any("forward" in vars(m) for m in linears)
     with onednn_decode_linears(model):  # with autograd on it must not touch the layers (the op has no backward)
         assert not any("forward" in vars(m) for m in linears)
+
+
+def _decoders_used(monkeypatch) -> list:
+    made = []
+    real = rollout_module._decoder
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(rollout_module, "_decoder", spy)
+    return made
+
+
+def test_fixed_shape_decoding_samples_what_the_growing_mask_samples(tokenizer, monkeypatch):
+    """The fixed-shape step (a 4D mask over the whole preallocated cache) is the same computation as transformers'
+    growing 2D mask: same tokens from the same generator, left-padded prompts included."""
+    model = lora_that_matters(tokenizer)
+    made = _decoders_used(monkeypatch)
+    fixed = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=16,
+                            generator=torch.Generator().manual_seed(7))
+    assert type(made[-1]).__name__ == "_FixedShapeDecoder" and made[-1].graph is None  # no graph on a CPU
+    monkeypatch.setattr(rollout_module, "_decoder",
+                        lambda model, cache, mask, cuda_graph: rollout_module._GrowingMaskDecoder(model, cache, mask))
+    growing = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=16,
+                              generator=torch.Generator().manual_seed(7))
+    assert torch.equal(fixed.completion_ids, growing.completion_ids)
+    assert int(fixed.lengths.sum()) > 6  # really decoded past the first token
+
+
+def test_bf16_autocast_of_fp32_weights_decodes_with_a_growing_cache(tokenizer, monkeypatch):
+    """Where the CPU (or GPU) is fast at bf16, fp32 weights sample under autocast; keys and values then differ in
+    dtype, which a preallocated cache cannot hold (this failed on a Xeon with AMX). Greedy tokens still follow
+    the model: the same as an fp32 run for a few tokens at least (bf16 rounding may change later choices)."""
+    model = tiny_llama(tokenizer).eval()
+    made = _decoders_used(monkeypatch)
+    fast = generate_groups(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=6, greedy=True, bf16=True)
+    assert type(made[-1]).__name__ == "_GrowingMaskDecoder"
+    plain = generate_groups(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=6, greedy=True, bf16=False)
+    assert torch.equal(fast.completion_ids[:, :2], plain.completion_ids[:, :2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decoding_samples_what_eager_decoding_samples(tokenizer, monkeypatch):
+    """bf16 weights on a GPU (the default there): the recorded graph replays the same steps as plain launches."""
+    model = lora_that_matters(tokenizer).to("cuda", torch.bfloat16)
+    made = _decoders_used(monkeypatch)
+    runs = {}
+    for graph in (True, False):
+        runs[graph] = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=24, cuda_graph=graph,
+                                      generator=torch.Generator("cuda").manual_seed(11))
+        assert (made[-1].graph is not None) == graph  # really replayed (and really not)
+    assert torch.equal(runs[True].completion_ids, runs[False].completion_ids)
+    assert runs[True].texts == runs[False].texts
+    greedy = [generate_groups(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=24, greedy=True, cuda_graph=g)
+              for g in (True, False)]
+    assert torch.equal(greedy[0].completion_ids, greedy[1].completion_ids)
