@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from transformers import (Cache, DynamicCache, LogitsProcessorList, StaticCache, TemperatureLogitsWarper,
@@ -49,7 +49,7 @@ class Rollout:
         return ids, mask
 
 
-def _preallocated_cache(model: torch.nn.Module, length: int) -> Cache:
+def _preallocated_cache(model: torch.nn.Module, length: int, *, autocast: bool) -> Cache:
     """A key/value cache written in place: a growing one copies all of itself on every decoded token.
 
     On a CPU those copies were a quarter of a decode step. Models whose layers are not all plain full-attention
@@ -57,6 +57,8 @@ def _preallocated_cache(model: torch.nn.Module, length: int) -> Cache:
     of fp32 weights: there keys (rotated with fp32 tables) and values come out in different dtypes, which one
     preallocated cache cannot hold.
     """
+    if autocast:
+        return DynamicCache()
     cache = StaticCache(config=model.config, max_cache_len=length)
     if all(type(layer) is StaticLayer for layer in cache.layers):
         return cache
@@ -148,8 +150,13 @@ def _decoder(model: torch.nn.Module, cache: Cache, mask: torch.Tensor, *, cuda_g
     hooks during the forward); else transformers' growing mask."""
     if not isinstance(cache, StaticCache) or getattr(model.config, "_attn_implementation", None) != "sdpa":
         return _GrowingMaskDecoder(model, cache, mask)
-    sharded = any(hasattr(p, "ds_id") for p in model.parameters())
-    return _FixedShapeDecoder(model, cache, mask, capture=cuda_graph and mask.device.type == "cuda" and not sharded)
+    capture = cuda_graph and mask.device.type == "cuda" and not _zero3_sharded(model.parameters())
+    return _FixedShapeDecoder(model, cache, mask, capture=capture)
+
+
+def _zero3_sharded(params: Iterable[torch.Tensor]) -> bool:
+    """DeepSpeed ZeRO-3 marks its sharded weights with `ds_id`; its hooks re-gather them during every forward."""
+    return any(hasattr(p, "ds_id") for p in params)
 
 
 _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -179,8 +186,8 @@ def lora_folded(model: torch.nn.Module) -> Iterator[None]:
     from peft.tuners.lora import Linear as LoraLinear
 
     layers = [m for m in model.modules() if isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters]
-    if not layers or not hasattr(model, "disable_adapter") or any(hasattr(m.get_base_layer().weight, "ds_id")
-                                                                  for m in layers):
+    if not layers or not hasattr(model, "disable_adapter") or _zero3_sharded(m.get_base_layer().weight
+                                                                             for m in layers):
         yield
         return
     folded_layers = []
@@ -309,7 +316,7 @@ def generate_groups(
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
     fast_linears = nullcontext() if use_bf16 else onednn_decode_linears(model)
     with sampling_mode(model), lora_folded(model), fast_linears, autocast:
-        cache = DynamicCache() if use_bf16 else _preallocated_cache(model, prompt_ids.shape[1] + max_new_tokens)
+        cache = _preallocated_cache(model, prompt_ids.shape[1] + max_new_tokens, autocast=use_bf16)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         _repeat_rows(cache, group_size)  # prefill once, share it across the G samples

@@ -17,9 +17,8 @@ def tiny_llama(tokenizer, *, seed: int = 0, attn_implementation: str = "sdpa") -
     return LlamaForCausalLM(config)
 
 
-def tiny_lora(tokenizer, *, seed: int = 0, attn_implementation: str = "sdpa"):
-    return add_lora(tiny_llama(tokenizer, seed=seed, attn_implementation=attn_implementation), r=4, alpha=8,
-                    dropout=0.0)
+def tiny_lora(tokenizer, *, seed: int = 0):
+    return add_lora(tiny_llama(tokenizer, seed=seed), r=4, alpha=8, dropout=0.0)
 
 
 def length_reward(completions: list[str], **kwargs) -> list[float]:
