@@ -54,11 +54,12 @@ def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor, *, position_
                   cache: DynamicCache | None = None) -> Tensor:
     """The decoder's final (normed) hidden states, (N, T, H), taken by a hook during a call of `model` itself.
 
-    Calling the top-level model (with logits for the last position only) rather than its decoder keeps
+    Calling the top-level model (asking it for no logits at all) rather than its decoder keeps
     wrappers working: DistributedDataParallel synchronises gradients only for a pass through its own forward.
     With `cache`, the keys/values of earlier tokens are read from it and this call's are appended to it.
     """
     captured: list[Tensor] = []
+    no_positions = torch.zeros(0, dtype=torch.long, device=input_ids.device)  # the model's own LM head is skipped
 
     def keep(module, args, output) -> None:  # returns None: the model's own output is left unchanged
         captured.append(output.last_hidden_state)
@@ -67,7 +68,7 @@ def _final_hidden(model, input_ids: Tensor, attention_mask: Tensor, *, position_
     try:
         model(input_ids=input_ids, attention_mask=attention_mask,
               position_ids=position_ids_from_mask(attention_mask) if position_ids is None else position_ids,
-              past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+              past_key_values=cache, use_cache=cache is not None, logits_to_keep=no_positions)
     finally:
         hook.remove()
     return captured[0]
@@ -100,8 +101,9 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
     """Log-probs (N, C) of the last C = completion_len tokens, without ever holding N x C x V logits.
 
     The decoder backbone gives hidden states; the C positions that predict completion tokens go through the
-    LM head `chunk_size` tokens at a time. Each chunk is checkpointed, so autograd keeps only its (chunk, H)
-    input and recomputes the (chunk, V) logits in backward: peak memory is one chunk of logits, not all of them.
+    LM head `chunk_size` tokens at a time. With several chunks each is checkpointed, so autograd keeps only its
+    (chunk, H) input and recomputes the (chunk, V) logits in backward: peak memory is one chunk of logits, not all
+    of them (a single chunk is kept as it is: recomputing it would not lower the peak).
     Works for a plain HF causal LM, a peft model and a DDP-wrapped one (see `_final_hidden`). Assumes the head
     is a plain linear layer (no logit soft-capping or scaling), true for Llama, Qwen2 and SmolLM2.
     """
@@ -122,11 +124,12 @@ def _head_logps(model, hidden: Tensor, targets: Tensor, chunk_size: int, tempera
     def chunk_logps(h: Tensor, y: Tensor):
         return _token_logps(head(h), y, temperature, return_entropy)
 
+    # one chunk peaks at its own logits with or without recomputation: checkpoint only when there are several
+    recompute = torch.is_grad_enabled() and targets.numel() > chunk_size
     pieces = []
     for start in range(0, targets.numel(), chunk_size):
         h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if torch.is_grad_enabled()
-                      else chunk_logps(h, y))
+        pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if recompute else chunk_logps(h, y))
     if not return_entropy:
         return torch.cat(pieces).view(shape)  # (N, C)
     return torch.cat([p[0] for p in pieces]).view(shape), torch.cat([p[1] for p in pieces]).view(shape)

@@ -285,7 +285,8 @@ def test_chunked_logprobs_are_real_logprobs_and_work_without_grad():
 
 
 def test_chunked_logprobs_keep_no_vocab_sized_tensor_for_backward():
-    """The memory claim itself: autograd saves no (tokens x V) logits outside the chunk being recomputed."""
+    """The memory claim itself: with several chunks autograd saves no (tokens x V) logits outside the chunk being
+    recomputed; a single chunk is saved whole."""
     model = tiny_model(lora=True)
     ids, mask, c = tiny_batch()
     vocab = model.config.vocab_size
@@ -306,6 +307,8 @@ def test_chunked_logprobs_keep_no_vocab_sized_tensor_for_backward():
 
     assert largest_saved_vocab_tensor(naive_completion_logprobs) >= ids.shape[0] * c  # the reference does
     assert largest_saved_vocab_tensor(completion_logprobs, chunk_size=4) == 0
+    one_chunk = ids.shape[0] * c  # all positions fit one chunk: kept as is, since recomputing would not lower the peak
+    assert largest_saved_vocab_tensor(completion_logprobs, chunk_size=one_chunk) == one_chunk
 
 
 def test_logprob_errors():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from grpo_helpers import models
-from grpo_helpers.models import DropoutLinear, add_lora
+from grpo_helpers.models import DropoutLinear, add_lora, dropout_keep_mask
 from tiny import tiny_llama
 
 
@@ -64,7 +64,7 @@ def test_fused_lora_dropout_is_dropout_then_linear():
     torch.manual_seed(1)
     y = fused(x)
     torch.manual_seed(1)
-    keep = torch.rand(x.shape) >= p  # the mask the fused layer draws, in the same order
+    keep = dropout_keep_mask(x.shape, p, x.device)  # the mask the fused layer draws, from the same seed
     x_ref = x.detach().clone().requires_grad_()
     w_ref = linear.weight.detach().clone().requires_grad_()
     y_ref = torch.nn.functional.linear(x_ref * keep / (1 - p), w_ref)
@@ -85,6 +85,18 @@ def test_fused_lora_dropout_drops_at_the_configured_rate():
     out = fused(torch.ones(200_000, 1)).detach()
     assert abs((out == 0).float().mean().item() - 0.05) < 0.003
     assert abs(out.mean().item() - 1.0) < 0.01  # scaled by 1 / (1 - p): the expectation is unchanged
+
+
+def test_dropout_mask_follows_torch_rng_state():
+    """The mask is replayed by torch's RNG state (what resume and the recomputed prompt pass rely on)."""
+    state = torch.get_rng_state()
+    first = dropout_keep_mask(torch.Size([300, 7]), 0.3, torch.device("cpu"))
+    second = dropout_keep_mask(torch.Size([300, 7]), 0.3, torch.device("cpu"))
+    torch.set_rng_state(state)
+    assert torch.equal(dropout_keep_mask(torch.Size([300, 7]), 0.3, torch.device("cpu")), first)
+    assert not torch.equal(first, second)  # the generator moved on
+    assert first.dtype == torch.bool and first.shape == (300, 7)
+    assert abs((~first).float().mean().item() - 0.3) < 0.03
 
 
 def test_add_lora_fuses_dropout_without_changing_what_is_saved(tokenizer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -142,7 +144,11 @@ def test_onednn_decode_linears_give_the_same_logits_and_are_undone(tokenizer):
         with onednn_decode_linears(model):
             assert all("forward" in vars(m) for m in linears)  # really swapped, LM head included
             fast = model(input_ids=ids).logits
-    assert torch.allclose(fast, plain, atol=1e-5)
+        with onednn_decode_linears(model, rows=1):  # the MLP's weights prepacked for one row
+            packed = [m for m in linears if isinstance(vars(m).get("forward"), functools.partial)]
+            prepacked = model(input_ids=ids).logits
+    assert packed and len(packed) == 3 * model.config.num_hidden_layers  # gate, up and down of every block
+    assert torch.allclose(fast, plain, atol=1e-5) and torch.allclose(prepacked, plain, atol=1e-5)
     assert not any("forward" in vars(m) for m in linears)
     with onednn_decode_linears(model):  # with autograd on it must not touch the layers (the op has no backward)
         assert not any("forward" in vars(m) for m in linears)
