@@ -8,10 +8,8 @@ that its cost is visible: one forward of B*G new tokens per step.
 
 from __future__ import annotations
 
-import functools
-import os
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -174,7 +172,7 @@ def _lora_delta(layer) -> torch.Tensor:
 
 
 @contextmanager
-def lora_folded(model: torch.nn.Module, *, skip: frozenset[torch.nn.Module] = frozenset()) -> Iterator[None]:
+def lora_folded(model: torch.nn.Module) -> Iterator[None]:
     """Sample from W + scale * B @ A as one matrix per layer: a decode step then costs what the base model's does.
 
     With the adapter applied as an extra branch, each of the ~200 LoRA layers adds three small matmuls per decoded
@@ -183,12 +181,11 @@ def lora_folded(model: torch.nn.Module, *, skip: frozenset[torch.nn.Module] = fr
     bits for nearly every entry, and the few entries where rounding does not (checked while folding) are put back
     from a small saved list; a checksum then proves the weights are the originals, bit for bit. No-op for models
     without LoRA layers and for DeepSpeed ZeRO-3 weights (its per-layer hooks re-partition weights during the
-    forward: nothing to fold). Layers in `skip` are left as they are (`prepacked_mlp` computes them already).
+    forward: nothing to fold).
     """
     from peft.tuners.lora import Linear as LoraLinear
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters
-              and m not in skip]
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters]
     if not layers or not hasattr(model, "disable_adapter") or _zero3_sharded(m.get_base_layer().weight
                                                                              for m in layers):
         yield
@@ -235,22 +232,6 @@ def _onednn_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
-def _prepacked_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _free_memory_bytes() -> int:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _fast_cpu_linears(model: torch.nn.Module) -> bool:
-    """oneDNN can run this model's linears: fp32 on a CPU, no autograd (its ops have no backward), no ZeRO-3."""
-    weight = model.get_input_embeddings().weight
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and not torch.is_grad_enabled() and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and not _zero3_sharded(model.parameters()))
-
-
 @contextmanager
 def onednn_decode_linears(model: torch.nn.Module) -> Iterator[None]:
     """Run the model's fp32 CPU linear layers through oneDNN while decoding; restored afterwards.
@@ -260,46 +241,14 @@ def onednn_decode_linears(model: torch.nn.Module) -> Iterator[None]:
     torch.compile emits for CPU linears), and on the 49k-row LM head it is 2.7x slower. Same products up to
     float rounding. No-op where oneDNN is missing, off the CPU, for non-fp32 weights, and with autograd on.
     """
-    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
-              and "forward" not in vars(m)] if _fast_cpu_linears(model) else []
+    usable = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+              and not torch.is_grad_enabled())
+    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"
+              and m.weight.dtype == torch.float32 and "forward" not in vars(m)] if usable else []
     for layer in layers:
         layer.forward = _onednn_linear.__get__(layer)
     try:
         yield
-    finally:
-        for layer in layers:
-            del layer.forward
-
-
-@contextmanager
-def prepacked_mlp(model: torch.nn.Module, *, rows: int) -> Iterator[frozenset[torch.nn.Module]]:
-    """While decoding on a CPU, each MLP projection is one oneDNN matrix prepacked for `rows` rows (the decode batch).
-
-    Unpacked, oneDNN reorders every weight into its blocked layout on every call; prepacked once per rollout, the
-    MLP matmuls of a decode step take ~40 % less time. The MLP holds three quarters of a block's weights; for a
-    LoRA projection the packed matrix is W + scale * B @ A (so `lora_folded` skips it: the yielded layers). The
-    copies live while this context does (320 MB for the bundled model) and are made only while they stay under a
-    quarter of the free memory; otherwise, and where `_fast_cpu_linears` says no, nothing is packed.
-    """
-    from peft.tuners.lora import Linear as LoraLinear
-
-    def is_mlp_projection(name: str, module: torch.nn.Module) -> bool:
-        lora = isinstance(module, LoraLinear) and not module.merged and not module.disable_adapters
-        plain = type(module) is torch.nn.Linear and ".base_layer" not in name and ".lora_" not in name
-        return ".mlp." in f".{name}" and (lora or plain) and "forward" not in vars(module)
-
-    layers = [m for name, m in model.named_modules() if is_mlp_projection(name, m)] \
-        if _fast_cpu_linears(model) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else []
-    if sum(m.weight.nbytes for m in layers) > _free_memory_bytes() // 4:
-        layers = []
-    for layer in layers:
-        base = layer.get_base_layer() if isinstance(layer, LoraLinear) else layer
-        weight = base.weight + _lora_delta(layer) if isinstance(layer, LoraLinear) else base.weight
-        layer.forward = functools.partial(_prepacked_linear, torch.ops.mkldnn._reorder_linear_weight(weight, rows),
-                                          base.bias)
-        del weight
-    try:
-        yield frozenset(layers)
     finally:
         for layer in layers:
             del layer.forward
@@ -365,12 +314,8 @@ def generate_groups(
 
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
-    with ExitStack() as stack:
-        stack.enter_context(sampling_mode(model))
-        packed = frozenset() if use_bf16 else stack.enter_context(prepacked_mlp(model, rows=len(prompts) * group_size))
-        stack.enter_context(lora_folded(model, skip=packed))
-        stack.enter_context(nullcontext() if use_bf16 else onednn_decode_linears(model))
-        stack.enter_context(autocast)
+    fast_linears = nullcontext() if use_bf16 else onednn_decode_linears(model)
+    with sampling_mode(model), lora_folded(model), fast_linears, autocast:
         cache = _preallocated_cache(model, prompt_ids.shape[1] + max_new_tokens, autocast=use_bf16)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                     past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from grpo_helpers import rollout as rollout_module
-from grpo_helpers.rollout import generate_groups, lora_folded, onednn_decode_linears, prepacked_mlp, sample_tokens
+from grpo_helpers.rollout import generate_groups, lora_folded, onednn_decode_linears, sample_tokens
 from tiny import tiny_lora, tiny_llama
 
 PROMPTS = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]
@@ -148,29 +146,6 @@ def test_onednn_decode_linears_give_the_same_logits_and_are_undone(tokenizer):
     assert not any("forward" in vars(m) for m in linears)
     with onednn_decode_linears(model):  # with autograd on it must not touch the layers (the op has no backward)
         assert not any("forward" in vars(m) for m in linears)
-
-
-def test_prepacked_mlp_computes_the_adapted_projections_without_touching_the_weights(tokenizer):
-    """Each MLP projection becomes one prepacked W + scale * B @ A; with the rest folded the logits are the adapter's."""
-    model = lora_that_matters(tokenizer).eval()
-    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
-    ids = tokenizer(["Count: one two three"], return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        adapter = model(input_ids=ids).logits
-        with prepacked_mlp(model, rows=1) as packed, lora_folded(model, skip=packed):
-            assert len(packed) == 3 * model.config.num_hidden_layers  # gate, up and down of every block
-            assert all(isinstance(vars(m)["forward"], functools.partial) for m in packed)
-            prepacked = model(input_ids=ids).logits
-        with prepacked_mlp(model, rows=1) as packed:  # MLP adapted, attention adapter off: neither base nor adapter
-            with model.disable_adapter():
-                mixed = model(input_ids=ids).logits
-    assert torch.allclose(prepacked, adapter, atol=1e-5)
-    assert not torch.allclose(mixed, adapter, atol=1e-3)  # so the attention layers really were folded above
-    assert not any("forward" in vars(m) for m in model.modules())
-    after = model.state_dict()
-    assert all(torch.equal(before[n], after[n]) for n in before)
-    with prepacked_mlp(model, rows=1) as packed:  # with autograd on nothing is packed (the op has no backward)
-        assert not packed
 
 
 def _decoders_used(monkeypatch) -> list:
