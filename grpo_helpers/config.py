@@ -201,6 +201,9 @@ class TrainConfig:
     """optimizer steps to train"""
     seed: int = 42
     """one seed for python, numpy and torch (data order, sampling, LoRA init)"""
+    deterministic: bool = False
+    """GPU kernels that give the same bits on every run (slower; CPU runs repeat without it): what an exact resume
+    needs on a GPU. Process-wide (transformers' enable_full_determinism)"""
     output_dir: str = "runs/grpo"
     """metrics, completions, checkpoints and the final adapter go here"""
     save_every: int = 25
@@ -229,6 +232,7 @@ class TrainConfig:
         _positive_int("completions_per_pass", self.completions_per_pass)
         _positive_int("max_steps", self.max_steps)
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
+        _require(isinstance(self.deterministic, bool), "deterministic", self.deterministic, "true or false")
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                  "a non-empty folder path")
         _positive_int("save_every", self.save_every, 0)

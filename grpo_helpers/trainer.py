@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from transformers.trainer_utils import enable_full_determinism
 
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
@@ -118,6 +119,8 @@ class GRPOTrainer:
                               f"num_prompts={cfg.rollout.num_prompts} (got {cfg.train.prompts_per_pass})")
         self.output_dir = Path(cfg.train.output_dir)
         seed_everything(cfg.train.seed)
+        if cfg.train.deterministic:  # cuBLAS, attention and scatter kernels otherwise vary run to run on a GPU
+            enable_full_determinism(cfg.train.seed)
 
         if train_tasks is None or test_tasks is None:
             tasks = load_countdown(cfg.data.dataset, num_tasks=cfg.data.num_tasks, sizes=tuple(cfg.data.task_sizes),

@@ -36,6 +36,7 @@ def test_plain_and_dotted_overrides_reach_their_section():
     ("reward_weights", {"accuracy": 1.0}, "'format', 'equation'"),
     ("test_size", 10**6, "fewer than num_tasks"),
     ("max_steps", 2.5, "integer >= 1"),
+    ("deterministic", "yes", "true or false"),
 ])
 def test_bad_values_name_the_field_the_value_and_what_is_allowed(field, value, allowed):
     with pytest.raises(ConfigError) as error:

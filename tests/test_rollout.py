@@ -162,15 +162,16 @@ def _decoders_used(monkeypatch) -> list:
 
 def test_fixed_shape_decoding_samples_what_the_growing_mask_samples(tokenizer, monkeypatch):
     """The fixed-shape step (a 4D mask over the whole preallocated cache) is the same computation as transformers'
-    growing 2D mask: same tokens from the same generator, left-padded prompts included."""
+    growing 2D mask: same tokens from the same generator, left-padded prompts included. fp32 (bf16=False): where bf16
+    is fast (AMX) the default samples under autocast, which takes the growing cache."""
     model = lora_that_matters(tokenizer)
     made = _decoders_used(monkeypatch)
-    fixed = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=16,
+    fixed = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=16, bf16=False,
                             generator=torch.Generator().manual_seed(7))
     assert type(made[-1]).__name__ == "_FixedShapeDecoder" and made[-1].graph is None  # no graph on a CPU
     monkeypatch.setattr(rollout_module, "_decoder",
                         lambda model, cache, mask, cuda_graph: rollout_module._GrowingMaskDecoder(model, cache, mask))
-    growing = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=16,
+    growing = generate_groups(model, tokenizer, PROMPTS, group_size=3, max_new_tokens=16, bf16=False,
                               generator=torch.Generator().manual_seed(7))
     assert torch.equal(fixed.completion_ids, growing.completion_ids)
     assert int(fixed.lengths.sum()) > 6  # really decoded past the first token

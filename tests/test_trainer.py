@@ -61,7 +61,7 @@ def test_reference_logprobs_are_the_base_models(tokenizer, length_reward, tmp_pa
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     batch, _ = trainer.make_batch()
-    base = tiny_llama(tokenizer).eval()  # same seed: the weights under the adapter
+    base = tiny_llama(tokenizer).eval().to(batch.input_ids.device)  # same seed: the weights under the adapter
     width = batch.rollout.completion_ids.shape[1]
     with torch.no_grad():
         expected = completion_logprobs(base, batch.input_ids, batch.attention_mask, width)
@@ -115,7 +115,7 @@ RUN_SCRIPT = textwrap.dedent("""
     tokenizer = load_tokenizer()
     tasks = generate_countdown(40, seed=1)
     config = load_config("cpu", num_tasks=40, test_size=8, eval_tasks=4, max_steps=4, num_prompts=2, group_size=3,
-                         max_new_tokens=8, beta=0.04, lr=1e-2, save_every=2, eval_every=2,
+                         max_new_tokens=8, beta=0.04, lr=1e-2, save_every=2, eval_every=2, deterministic=True,
                          reward_weights={{"length": 1.0, "format": 1.0}}, output_dir=sys.argv[1],
                          resume=sys.argv[3] == "resume")
     GRPOTrainer(config, train_tasks=tasks[:32], test_tasks=tasks[32:], model=tiny_lora(tokenizer),
