@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trainable-weight checksum per rank: {checksums}", flush=True)
         if len(set(checksums)) != 1:
             raise SystemExit(f"ranks ended with different weights: {checksums}")
+    # the DDP model goes before the process group: were DDP's reducer to drop the last reference to a gloo group,
+    # the group's destructor would run holding the GIL while a gloo thread waits for it (a known torch deadlock)
+    del trainer
+    accelerator.free_memory()
     accelerator.end_training()
 
 

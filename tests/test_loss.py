@@ -337,6 +337,9 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
     ddp = DistributedDataParallel(model)
     completion_logprobs(ddp, ids, mask, c, chunk_size=4).sum().backward()
     torch.save({"local": local, "ddp": [p.grad for p in params]}, f"{out_dir}/rank{rank}.pt")
+    # DDP first: were its reducer to drop the last reference to the gloo group, the group's destructor would run
+    # holding the GIL while a gloo thread waits for it (a torch deadlock that hung this test once)
+    del ddp
     dist.destroy_process_group()
 
 
