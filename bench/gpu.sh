@@ -7,7 +7,7 @@
 # Usage: bash bench/gpu.sh OUT_DIR [TOKENIZER [JOB ...]]   (TOKENIZER: hub id or folder; offline, any local tokenizer
 # folder; JOB: standard, preset, preset-no-checkpointing; all three when none is named)
 set -uo pipefail
-out=${1:?usage: bash bench/gpu.sh OUT_DIR [TOKENIZER]}
+out=${1:?usage: bash bench/gpu.sh OUT_DIR [TOKENIZER [JOB ...]]}
 tokenizer=${2:-Qwen/Qwen2.5-3B}
 jobs=" ${*:3} "
 [[ $jobs == "  " ]] && jobs=" standard preset preset-no-checkpointing "

@@ -88,14 +88,15 @@ def main() -> None:
     completion_tokens, decode_steps = rows * args.new_tokens, args.new_tokens - 1  # the prefill gives token 1
     scored = prompt_tokens + completion_tokens  # tokens through the layers in a grouped scoring pass
 
+    layer_params, head_params = sum(w.numel() for w in weights), head[0].numel()
+
     def forward(layer_rows: int, head_rows: int) -> dict[str, float]:
-        layers, last = matmul_seconds(weights, layer_rows, False, args.repeats), matmul_seconds(head, head_rows,
-                                                                                                False, args.repeats)
+        layers = matmul_seconds(weights, layer_rows, False, args.repeats)
+        last = matmul_seconds(head, head_rows, False, args.repeats)
         return {way: layers[way] + last[way] for way in layers}
 
     def gflop(layer_rows: int, head_rows: int, passes: int = 1) -> float:
-        per_row = 2 * sum(o * i for o, i in layer_shapes(config))
-        return passes * (layer_rows * per_row + head_rows * 2 * config.vocab_size * config.hidden_size) / 1e9
+        return passes * 2 * (layer_rows * layer_params + head_rows * head_params) / 1e9
 
     decode = forward(rows, rows)
     prefill = forward(prompt_tokens, args.prompts)
@@ -116,7 +117,7 @@ def main() -> None:
         phase["ways"] = {w: round(s, 2) for w, s in phase["ways"].items()}
         phase["gflop"] = round(phase["gflop"], 1)
     bandwidth = bandwidth_gb_s(args.repeats)
-    weight_bytes = 4 * (sum(o * i for o, i in layer_shapes(config)) + config.vocab_size * config.hidden_size)
+    weight_bytes = 4 * (layer_params + head_params)
     bound = sum(p["matmul_sec"] for p in phases.values())
     bound_unpacked = sum(p["without_prepacking_sec"] for p in phases.values())
     target = args.trl_sec / 4
