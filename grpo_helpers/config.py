@@ -47,6 +47,18 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 REWARD_SCALES = ("group", "batch", "none")
 SCHEDULERS = ("constant", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb")
+CURRICULA = ("uniform", "linear", "success")
+
+
+def parse_tier(name: str) -> tuple[int, int]:
+    """ "3x20" -> (3, 20): how many numbers, and the largest one."""
+    size, _, largest = name.partition("x")
+    return int(size), int(largest)
+
+
+def _valid_tier(name: str) -> bool:
+    size, sep, largest = name.partition("x")
+    return bool(sep) and size.isdigit() and largest.isdigit() and 2 <= int(size) <= 6 and 2 <= int(largest) <= 10_000
 
 
 @dataclass
@@ -71,6 +83,8 @@ class ModelConfig:
     """module names that receive a LoRA adapter"""
     gradient_checkpointing: bool = False
     """recompute activations in backward: less memory, about 30% more compute"""
+    init_adapter: str = ""
+    """LoRA adapter folder to start training from (e.g. the cold start's); empty = a fresh adapter"""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.model, str) and self.model.strip() != "", "model", self.model,
@@ -83,6 +97,9 @@ class ModelConfig:
         _require(isinstance(self.lora_target_modules, list) and len(self.lora_target_modules) > 0
                  and all(isinstance(m, str) and m for m in self.lora_target_modules),
                  "lora_target_modules", self.lora_target_modules, "a non-empty list of module names")
+        _require(isinstance(self.init_adapter, str), "init_adapter", self.init_adapter, "a folder path or ''")
+        _require(not self.init_adapter or self.use_lora, "init_adapter", self.init_adapter,
+                 "only with use_lora=True (it is a LoRA adapter)")
 
 
 @dataclass
@@ -96,7 +113,12 @@ class DataConfig:
     max_number: int = 99
     """largest number in a generated task (numbers are drawn from 1..max_number)"""
     test_size: int = 500
-    """tasks held out for evaluation (deterministic for the seed)"""
+    """tasks held out for evaluation (deterministic for the seed; split evenly across tiers)"""
+    tiers: list[str] = field(default_factory=list)
+    """difficulty tiers to generate, "NxM" = N numbers each <= M (e.g. ["2x20", "3x20"]); empty = task_sizes/max_number"""
+    curriculum: str = "uniform"
+    """how training draws tiers: uniform, linear (easiest first, shifting to the hardest), success (tiers the policy
+    solves about half the time)"""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.dataset, str) and self.dataset.strip() != "", "dataset", self.dataset,
@@ -107,6 +129,10 @@ class DataConfig:
                  "task_sizes", self.task_sizes, "a non-empty list of integers between 2 and 6")
         _positive_int("max_number", self.max_number, 2)
         _positive_int("test_size", self.test_size, 1)
+        _require(isinstance(self.tiers, list) and all(isinstance(t, str) and _valid_tier(t) for t in self.tiers)
+                 and len(set(self.tiers)) == len(self.tiers), "tiers", self.tiers,
+                 'a list of distinct "NxM" names, N numbers (2..6) each <= M (2..10000), e.g. ["2x20", "3x20"]')
+        _choice("curriculum", self.curriculum, CURRICULA)
         _require(self.test_size < self.num_tasks, "test_size", self.test_size,
                  f"fewer than num_tasks={self.num_tasks} (the rest is the training split)")
 
@@ -127,6 +153,9 @@ class RolloutConfig:
     """sample among the k most likely tokens (0 = off)"""
     cuda_graph: bool = True
     """on a GPU, replay each decode step as one recorded CUDA graph (SDPA attention); False = plain launches"""
+    dynamic_sampling: int = 0
+    """DAPO dynamic sampling: at most this many fresh prompts per step replace groups whose rewards are all equal
+    (they carry no signal); 0 = off"""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.cuda_graph, bool), "cuda_graph", self.cuda_graph, "true or false")
@@ -136,6 +165,7 @@ class RolloutConfig:
         _number_in("temperature", self.temperature, 0.0, 10.0, low_open=True)
         _number_in("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _positive_int("top_k", self.top_k, 0)
+        _positive_int("dynamic_sampling", self.dynamic_sampling, 0)
 
 
 @dataclass
@@ -213,7 +243,7 @@ class TrainConfig:
     eval_every: int = 25
     """evaluate on the held-out split every this many steps and at step 0 (0 = off)"""
     eval_tasks: int = 32
-    """held-out tasks per evaluation"""
+    """held-out tasks per evaluation (per tier when the data has tiers)"""
     eval_greedy: bool = True
     """greedy decoding for evaluation (else sampled with the rollout settings)"""
     resume: bool = False
@@ -242,6 +272,27 @@ class TrainConfig:
         _choice("report_to", self.report_to, REPORT_TO)
 
 
+@dataclass
+class ColdStartConfig:
+    sft_steps: int = 0
+    """supervised steps on solver-written reasoning traces before GRPO (0 = pure RL from the base, R1-Zero style)"""
+    sft_batch_size: int = 8
+    """traces per supervised step"""
+    sft_lr: float = 2e-4
+    """peak learning rate of the cold start (cosine decay after 10 warm-up steps)"""
+    sft_traces: int = 6000
+    """traces written from the training split (at most one per task; tasks with no whole-number solution are skipped)"""
+    sft_save_every: int = 50
+    """cold-start checkpoint every this many steps (0 = only at the end)"""
+
+    def __post_init__(self) -> None:
+        _positive_int("sft_steps", self.sft_steps, 0)
+        _positive_int("sft_batch_size", self.sft_batch_size)
+        _number_in("sft_lr", self.sft_lr, 0.0, 1.0, low_open=True)
+        _positive_int("sft_traces", self.sft_traces)
+        _positive_int("sft_save_every", self.sft_save_every, 0)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -249,6 +300,7 @@ SECTIONS: dict[str, type] = {
     "rewards": RewardConfig,
     "loss": LossConfig,
     "train": TrainConfig,
+    "cold_start": ColdStartConfig,
 }
 # plain field name -> section that owns it (names are unique across sections by design)
 FIELD_SECTION: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
@@ -262,9 +314,11 @@ class GRPOConfig:
     rewards: RewardConfig = field(default_factory=RewardConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
     def __post_init__(self) -> None:
-        _require(self.train.eval_tasks <= self.data.test_size, "eval_tasks", self.train.eval_tasks,
+        tiers = max(1, len(self.data.tiers))  # with tiers, eval_tasks counts per tier (fewer if a tier has fewer)
+        _require(self.train.eval_tasks <= self.data.test_size or tiers > 1, "eval_tasks", self.train.eval_tasks,
                  f"at most test_size={self.data.test_size}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -307,17 +361,19 @@ def config_from_dict(values: dict[str, Any]) -> GRPOConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # A CPU run that learns on 2 cores: the bundled 135M model, shaped rewards so groups have reward variance.
-    # The same job as the TRL learning reference (../shared/peers/learning: 2 prompts x 4, 128 tokens, LoRA lr 1e-4,
-    # beta 0), so the two curves compare step for step; LoRA dropout off: on-policy RL gains nothing from it and it
-    # costs a fifth of the train pass on a CPU.
+    # A CPU run that learns to solve on 2 cores with the bundled 135M model. The base model samples no correct
+    # answer, so GRPO starts from a cold start (a short LoRA SFT on solver-written traces, chapter 04), on two
+    # difficulty tiers drawn by measured success; every reward needs the task's own numbers (no fixed answer pays),
+    # and groups with no reward spread are swapped for fresh prompts (dynamic sampling). GRPO's lr is 5x below the
+    # pure-RL one and T = 0.7: at lr 1e-4 and T = 1 the cold start's skills decayed within 10 steps (bench/RESULTS.md).
     "cpu": dict(
-        model="bundled:smollm2-135m-instruct", lora_dropout=0.0, num_tasks=2_000, test_size=200,
-        num_prompts=2, group_size=4, max_new_tokens=128, temperature=1.0,
-        reward_weights={"think_closed": 0.25, "answer_block": 0.25, "format": 0.5, "uses_numbers": 0.5,
-                        "equation": 1.0},
-        loss_type="dapo", beta=0.0, lr=1e-4, lr_scheduler="constant", max_steps=50,
-        save_every=10, eval_every=50, eval_tasks=32, output_dir="runs/cpu",
+        model="bundled:smollm2-135m-instruct", lora_dropout=0.0, num_tasks=20_000, test_size=400,
+        tiers=["2x20", "3x20"], curriculum="success",
+        num_prompts=2, group_size=4, max_new_tokens=128, temperature=0.7, dynamic_sampling=2,
+        reward_weights={"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0},
+        loss_type="dapo", beta=0.0, lr=2e-5, lr_scheduler="constant", max_steps=60,
+        save_every=10, eval_every=60, eval_tasks=48, output_dir="runs/cpu",
+        sft_steps=150, sft_batch_size=8, sft_lr=2e-4,
     ),
     # The seed's single-node GPU recipe: Qwen2.5-3B, LoRA r16/alpha64, bf16 + flash-attn.
     "gpu-qwen2.5-3b": dict(
@@ -341,6 +397,11 @@ def load_config(preset_or_path: str = "cpu", **overrides: Any) -> GRPOConfig:
         base = yaml.safe_load(path.read_text()) or {}
         if not isinstance(base, dict):
             raise ConfigError(f"{path} must hold a mapping of config fields, got {type(base).__name__}")
+        if "preset" in base:  # a file may name a preset and list only what it changes
+            preset = base.pop("preset")
+            if preset not in PRESETS:
+                raise ConfigError(f"{path}: preset={preset!r} is not allowed: choose one of {', '.join(PRESETS)}")
+            base = _merge(_merge({s: {} for s in SECTIONS}, PRESETS[preset]), base)
     return config_from_dict(_merge(_merge({s: {} for s in SECTIONS}, base), overrides))
 
 
@@ -350,6 +411,6 @@ def describe(config: GRPOConfig) -> str:
 
 
 __all__ = [
-    "ConfigError", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "LossConfig", "TrainConfig",
-    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "describe",
+    "ConfigError", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "LossConfig", "TrainConfig", "ColdStartConfig",
+    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "describe", "parse_tier",
 ]

@@ -1,4 +1,5 @@
-"""Watching a run: one matplotlib figure (reward, KL, length, accuracy), updated in place in a notebook.
+"""Watching a run: one matplotlib figure (reward, hack monitor, accuracy per tier, KL, length, signal), updated
+in place in a notebook.
 
 In a Jupyter kernel (JupyterLab or papermill) the figure is shown once with a display id and redrawn with
 `handle.update(...)`, so a long run keeps one live picture instead of hundreds. Outside a kernel the same callback
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grpo_helpers.monitor import hack_warning
 from grpo_helpers.trainer import Callback
 
 
@@ -43,10 +45,11 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any]] | None = None, *,
                  smooth: int = 5, title: str = "GRPO run"):
-    """2x2 panels: reward (total and per function), KL, completion length (and clipped share), eval accuracy."""
+    """2x3 panels: reward (total and per function), the hack monitor, held-out accuracy per tier (Wilson 95 %),
+    KL (when measured), completion length (and clipped share), and the share of groups with no learning signal."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 6.5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7), constrained_layout=True)
     steps = [m["step"] for m in history]
     ax = axes[0, 0]
     if history:
@@ -57,29 +60,68 @@ def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any
             ax.plot(steps, _smooth([m[key] for m in history], smooth), lw=1, label=key.split("/")[1])
         ax.legend(fontsize=7, ncol=2)
     ax.set(title="reward (mean over completions)", xlabel="step")
+
     ax = axes[0, 1]
-    ax.plot(steps, [m.get("kl", 0.0) for m in history], color="tab:red")
-    ax.set(title="KL to reference (k3)", xlabel="step")
+    for key, label in (("hack/accuracy", "correct (training tasks)"), ("hack/uses_numbers", "uses the task's numbers"),
+                       ("hack/identical_answers", "same answer as a task with other numbers"),
+                       ("hack/copies_example", "copies the prompt's example")):
+        if history and key in history[0]:
+            ax.plot(steps, _smooth([m[key] for m in history], smooth), label=label)
+    if history and "hack/accuracy" in history[0]:
+        ax.legend(fontsize=7)
+    ax.set(title="hack monitor: is the policy looking at the task?", xlabel="step", ylim=(-0.02, 1.02))
+
+    ax = axes[0, 2]
+    if eval_history:
+        eval_steps = [m["step"] for m in eval_history]
+        tiers = sorted({k.split("/")[1] for m in eval_history for k in m if k.endswith("/accuracy_low")})
+        for tier in tiers:
+            rows = [m for m in eval_history if f"eval/{tier}/accuracy" in m]
+            acc = [m[f"eval/{tier}/accuracy"] for m in rows]
+            err = [[a - m[f"eval/{tier}/accuracy_low"] for a, m in zip(acc, rows)],
+                   [m[f"eval/{tier}/accuracy_high"] - a for a, m in zip(acc, rows)]]
+            ax.errorbar([m["step"] for m in rows], acc, yerr=err, marker="o", capsize=3, label=f"accuracy {tier}")
+        if not tiers:
+            ax.plot(eval_steps, [m["eval/accuracy"] for m in eval_history], "o-", label="accuracy")
+        ax.plot(eval_steps, [m["eval/format_rate"] for m in eval_history], "s--", color="tab:gray", label="format rate")
+        ax.legend(fontsize=7)
+    ax.set(title="held-out evaluation (greedy, Wilson 95 %)", xlabel="step", ylim=(-0.02, 1.02))
+
     ax = axes[1, 0]
+    measured = [m for m in history if "kl" in m]
+    if measured:
+        ax.plot([m["step"] for m in measured], [m["kl"] for m in measured], color="tab:red")
+        ax.set(title="KL to reference (k3)", xlabel="step")
+    else:
+        ax.text(0.5, 0.5, "not measured: beta = 0\n(no reference pass)", ha="center", va="center",
+                transform=ax.transAxes, color="tab:gray")
+        ax.set(title="KL to reference", xlabel="step", xticks=[], yticks=[])
+
+    ax = axes[1, 1]
     ax.plot(steps, [m["completions/mean_length"] for m in history], color="tab:green", label="mean length")
     ax.set(title="completion length (tokens)", xlabel="step")
     twin = ax.twinx()
     twin.plot(steps, [m["completions/clipped_ratio"] for m in history], color="tab:gray", ls="--", label="clipped")
     twin.set_ylim(0, 1.05)
     twin.set_ylabel("share clipped", color="tab:gray")
-    ax = axes[1, 1]
-    if eval_history:
-        eval_steps = [m["step"] for m in eval_history]
-        ax.plot(eval_steps, [m["eval/accuracy"] for m in eval_history], "o-", label="accuracy")
-        ax.plot(eval_steps, [m["eval/format_rate"] for m in eval_history], "s--", label="format rate")
-        ax.legend(fontsize=8)
-    ax.set(title="held-out evaluation", xlabel="step", ylim=(-0.02, 1.02))
-    fig.suptitle(title)
+
+    ax = axes[1, 2]
+    if history and "dynamic/zero_std_before" in history[-1]:
+        ax.plot(steps, _smooth([m.get("dynamic/zero_std_before", float("nan")) for m in history], smooth),
+                label="sampled (before dynamic sampling)")
+    ax.plot(steps, _smooth([m["frac_reward_zero_std"] for m in history], smooth), label="trained on")
+    ax.legend(fontsize=7)
+    ax.set(title="groups with no learning signal (all rewards equal)", xlabel="step", ylim=(-0.02, 1.02))
+
+    warning = hack_warning(history)
+    fig.suptitle(title if warning is None else f"{title}\n{warning[:160]}...", color="black" if warning is None
+                 else "tab:red", fontsize=10 if warning else 12)
     return fig
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
-    return (f"step {metrics['step']:4d} | reward {metrics['reward']:.3f} | kl {metrics.get('kl', 0.0):.4f} | "
+    kl = f"{metrics['kl']:.4f}" if "kl" in metrics else "n/a"
+    return (f"step {metrics['step']:4d} | reward {metrics['reward']:.3f} | kl {kl} | "
             f"len {metrics['completions/mean_length']:.0f} | zero-std groups {metrics['frac_reward_zero_std']:.2f} | "
             f"{metrics['time/step']:.1f} s/step")
 

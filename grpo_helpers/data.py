@@ -30,6 +30,7 @@ Value = int | Fraction  # exact value of a (sub)expression; integral values are 
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 HUB_EXAMPLE = "Jiayi-Pan/Countdown-Tasks-3to4"
+MAX_SOLVER_NUMBERS = 6  # the game has 3-6 numbers; the exhaustive solver grows super-exponentially past that
 MAX_ATTEMPTS = 100_000  # random draws per generated task before the settings are declared (nearly) impossible
 
 # --------------------------------------------------------------------------------------------------------------
@@ -292,7 +293,13 @@ def validate_rows(rows: Any) -> list[dict]:
             raise ValueError(f"row {i}: field 'target'={target!r} is not allowed: a positive integer")
         if solution is not None and not isinstance(solution, str):
             raise ValueError(f"row {i}: field 'solution'={solution!r} is not allowed: a string or None")
-        clean.append({"nums": [int(x) for x in nums], "target": int(target), "solution": solution})
+        clean_row = {"nums": [int(x) for x in nums], "target": int(target), "solution": solution}
+        for name, kind in (("tier", str), ("num_solutions", Integral)):  # difficulty, when the row carries it
+            if row.get(name) is not None:
+                if not isinstance(row[name], kind) or isinstance(row[name], bool):
+                    raise ValueError(f"row {i}: field {name!r}={row[name]!r} is not allowed: a {kind.__name__} or None")
+                clean_row[name] = row[name]
+        clean.append(clean_row)
     return clean
 
 
@@ -310,14 +317,33 @@ def _parse_nums_text(rows: list[dict]) -> list[dict]:
     return out
 
 
+def generate_tiers(n: int, *, tiers: list[str] | tuple[str, ...], seed: int = 42) -> list[dict]:
+    """`n` solvable tasks split evenly over difficulty tiers ("NxM": N numbers, each <= M), tier after tier.
+    Each row also carries its difficulty: `tier` and `num_solutions` (count_solutions: 1 = a single way)."""
+    _check_int("n", n, len(tiers) or 1)
+    rows: list[dict] = []
+    for index, name in enumerate(tiers):
+        size, _, largest = name.partition("x")
+        if not (size.isdigit() and largest.isdigit() and 2 <= int(size) <= MAX_SOLVER_NUMBERS):
+            raise ValueError(f"tier {name!r} is not allowed: 'NxM' with N numbers (2..{MAX_SOLVER_NUMBERS}) each <= M")
+        count = n // len(tiers) + (index < n % len(tiers))
+        for row in generate_countdown(count, sizes=(int(size),), max_number=int(largest), seed=seed + 7919 * index):
+            rows.append({**row, "tier": name, "num_solutions": count_solutions(row["nums"], row["target"])})
+    return rows
+
+
 def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
-                   sizes: tuple[int, ...] | list[int] = (3, 4), max_number: int = 99, seed: int = 42) -> list[dict]:
-    """Validated task rows from `"generated"` (num_tasks or 20,000 made locally), a .jsonl/.json/.parquet/.csv
-    file, or a hub dataset id (needs network). `num_tasks` keeps the first N rows of a file or hub set."""
+                   sizes: tuple[int, ...] | list[int] = (3, 4), max_number: int = 99, seed: int = 42,
+                   tiers: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """Validated task rows from `"generated"` (num_tasks or 20,000 made locally, by `tiers` when given, else by
+    sizes/max_number), a .jsonl/.json/.parquet/.csv file, or a hub dataset id (needs network). `num_tasks` keeps
+    the first N rows of a file or hub set."""
     if num_tasks is not None:
         _check_int("num_tasks", num_tasks, 1)
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"source={source!r} is not allowed: 'generated', a .jsonl/.json/.parquet/.csv path or a hub id")
+    if source == "generated" and tiers:
+        return generate_tiers(num_tasks or 20_000, tiers=list(tiers), seed=seed)
     if source == "generated":
         return generate_countdown(num_tasks or 20_000, sizes=sizes, max_number=max_number, seed=seed)
 
@@ -344,15 +370,49 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
     return validate_rows(_parse_nums_text(rows) if suffix == ".csv" else rows)
 
 
+def task_key(row: dict) -> tuple[tuple[int, ...], int]:
+    """What makes two tasks the same game: the numbers in any order and the target."""
+    return tuple(sorted(row["nums"])), row["target"]
+
+
 def train_test_split(rows: list[dict], *, test_size: int, seed: int = 42) -> tuple[list[dict], list[dict]]:
-    """Deterministic shuffle-then-cut: (train, test); the same rows and seed always give the same split."""
+    """Deterministic shuffle-then-cut: (train, test); the same rows and seed always give the same split.
+
+    Rows with a `tier` are split tier by tier (test_size shared evenly), so every tier has its own held-out set.
+    Test tasks are distinct games, and training rows that are the same game as a test row (`task_key`) are
+    dropped, so no test task is ever trained on: len(rows) - len(train) - len(test) says how many."""
     _check_int("test_size", test_size, 1)
     if test_size >= len(rows):
         raise ValueError(f"test_size={test_size} is not allowed: it must be smaller than the {len(rows)} rows "
                          f"(the rest is the training split)")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    return [rows[i] for i in order[test_size:]], [rows[i] for i in order[:test_size]]
+    by_tier: dict[Any, list[dict]] = {}
+    for row in rows:
+        by_tier.setdefault(row.get("tier"), []).append(row)
+    train, test = [], []
+    held_out: set[tuple] = set()  # distinct games only, across tiers too: a repeated test task would count twice
+    for index, tier_rows in enumerate(by_tier.values()):
+        share = test_size // len(by_tier) + (index < test_size % len(by_tier))
+        order = list(range(len(tier_rows)))
+        random.Random(seed).shuffle(order)
+        picked = 0
+        for cut, i in enumerate(order):
+            if picked == share:
+                break
+            if task_key(tier_rows[i]) not in held_out:
+                held_out.add(task_key(tier_rows[i]))
+                test.append(tier_rows[i])
+                picked += 1
+        else:
+            cut = len(order)
+        train += [tier_rows[i] for i in order[cut:]]
+    return [row for row in train if task_key(row) not in held_out], test
+
+
+def load_split(data_config, *, seed: int) -> tuple[list[dict], list[dict]]:  # data_config: config.DataConfig
+    """(train, test) exactly as a run with this data config and seed makes them when not given a split."""
+    rows = load_countdown(data_config.dataset, num_tasks=data_config.num_tasks, sizes=tuple(data_config.task_sizes),
+                          max_number=data_config.max_number, seed=seed, tiers=data_config.tiers)
+    return train_test_split(rows, test_size=data_config.test_size, seed=seed)
 
 
 def save_jsonl(rows: list[dict], path: str | Path) -> None:
@@ -392,13 +452,14 @@ def load_jsonl(path: str | Path) -> list[dict]:
 SYSTEM_PROMPT = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
                  "provide the user with the answer.")
 ASSISTANT_PREFIX = "Let me solve this step by step.\n<think>"
+EXAMPLE_ANSWER = "(1 + 2) / 3"  # the prompt's own example: copying it into every answer is the classic hack
 
 
 def user_message(nums: list[int], target: int) -> str:
     return (f"Using the numbers {list(nums)}, create an equation that equals {target}. You can use basic arithmetic "
             f"operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
             f"tags. And return the final equation in <answer> </answer> tags, for example "
-            f"<answer>(1 + 2) / 3</answer>.")
+            f"<answer>{EXAMPLE_ANSWER}</answer>.")
 
 
 def build_messages(task: dict) -> list[dict]:
@@ -489,6 +550,89 @@ class PromptSampler:
         self._order = self._permutation(epoch)
 
 
+class TierSampler:
+    """Endless batches drawn tier by tier (a curriculum by difficulty), identical across runs and resumable.
+
+    Each step, the tier of every prompt slot of the whole step (batch_size x world_size slots) is drawn from the
+    curriculum's weights with a generator seeded by (seed, step), so every rank draws the same tiers; each tier
+    then hands out its rows from its own endless shuffled order (a PromptSampler over that tier), and rank r keeps
+    its own slice of the step. Weights by `curriculum`:
+      uniform  every tier alike;
+      linear   easiest first (tiers in the order given), moving toward the last by `max_steps`; no tier below
+               MIN_WEIGHT, so no tier taught is forgotten;
+      success  tiers solved about half the time (weight s(1-s) of each tier's running training accuracy s, fed by
+               `update`), where a group's rewards differ most; MIN_WEIGHT keeps the others in view.
+    """
+
+    MIN_WEIGHT = 0.1
+    SUCCESS_MOMENTUM = 0.8  # running accuracy: s <- m * s + (1 - m) * this step's accuracy on the tier
+
+    def __init__(self, rows: list[dict], *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 curriculum: str = "uniform", max_steps: int = 1):
+        if curriculum not in ("uniform", "linear", "success"):
+            raise ValueError(f"curriculum={curriculum!r} is not allowed: choose 'uniform', 'linear' or 'success'")
+        _check_int("max_steps", max_steps, 1)
+        self.tiers = list(dict.fromkeys(row.get("tier") for row in rows))
+        if None in self.tiers:
+            raise ValueError("every row needs a 'tier' for a curriculum (rows from generate_tiers carry one)")
+        self.cursors = [PromptSampler([r for r in rows if r["tier"] == tier], batch_size=1, seed=seed + 7919 * i)
+                        for i, tier in enumerate(self.tiers)]
+        PromptSampler(rows, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)  # same checks
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.curriculum, self.max_steps = curriculum, max_steps
+        self.step = 0
+        self.success = {tier: 0.5 for tier in self.tiers}
+
+    def weights(self) -> list[float]:
+        n = len(self.tiers)
+        if self.curriculum == "linear" and n > 1:
+            progress = min(1.0, self.step / self.max_steps) * (n - 1)  # 0 = first tier's turn, n - 1 = last's
+            return [max(self.MIN_WEIGHT, 1.0 - abs(i - progress)) for i in range(n)]
+        if self.curriculum == "success":
+            return [max(self.MIN_WEIGHT, 4 * s * (1 - s)) for s in self.success.values()]
+        return [1.0] * n
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        return self
+
+    def __next__(self) -> list[dict]:
+        slots = self.batch_size * self.world_size
+        chosen = random.Random(f"{self.seed}:tiers:{self.step}").choices(range(len(self.tiers)), self.weights(), k=slots)
+        step_rows = [next(self.cursors[i])[0] for i in chosen]
+        self.step += 1
+        return step_rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def update(self, accuracy_by_tier: dict[str, float]) -> None:
+        """This step's training accuracy per tier (the same on every rank: gathered first)."""
+        m = self.SUCCESS_MOMENTUM
+        for tier, accuracy in accuracy_by_tier.items():
+            if tier in self.success:
+                self.success[tier] = m * self.success[tier] + (1 - m) * accuracy
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "success": dict(self.success), "cursors": [c.state_dict() for c in self.cursors],
+                "tiers": list(self.tiers), "curriculum": self.curriculum, "seed": self.seed,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("tiers", "curriculum", "seed", "batch_size", "world_size"):
+            if state.get(name) != getattr(self, name):
+                raise ValueError(f"sampler state has {name}={state.get(name)!r} but this sampler has "
+                                 f"{name}={getattr(self, name)!r}; a resumed run needs the same tiers and layout")
+        for cursor, cursor_state in zip(self.cursors, state["cursors"]):
+            cursor.load_state_dict(cursor_state)
+        self.step, self.success = state["step"], dict(state["success"])
+
+
+def make_sampler(rows: list[dict], *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 curriculum: str = "uniform", max_steps: int = 1) -> PromptSampler | TierSampler:
+    """A TierSampler when the rows carry tiers, else the plain PromptSampler."""
+    if all(row.get("tier") is not None for row in rows):
+        return TierSampler(rows, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                           curriculum=curriculum, max_steps=max_steps)
+    return PromptSampler(rows, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Statistics
 
@@ -559,4 +703,5 @@ __all__ = [
     "SYSTEM_PROMPT", "ASSISTANT_PREFIX", "generate_countdown", "solve", "count_solutions", "validate_rows",
     "load_countdown", "train_test_split", "save_jsonl", "load_jsonl", "user_message", "build_messages",
     "render_prompt", "render_prompts", "tokenize_prompts", "PromptSampler", "dataset_stats", "plot_dataset_stats",
+    "generate_tiers", "task_key", "TierSampler", "make_sampler", "load_split",
 ]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from grpo_helpers.data import render_prompt, render_prompts, validate_rows
 from grpo_helpers.models import load_model_and_tokenizer, load_tokenizer
+from grpo_helpers.monitor import hack_signals
 from grpo_helpers.rewards import equation_reward, evaluate_expression, extract_answer, score_completions
 from grpo_helpers.rollout import generate_groups
 
@@ -277,6 +278,7 @@ def score_samples(tasks: list[dict], completions: list[list[str]], *, lengths: l
         rows = slice(i * k, (i + 1) * k)
         correct = [v == 1.0 for v in scores.per_function["equation"][rows]]
         records.append({"index": i, "nums": task["nums"], "target": task["target"], "solution": task["solution"],
+                        "tier": task.get("tier"),
                         "completions": list(completions[i]), "correct": correct,
                         "formatted": [v == 1.0 for v in scores.per_function["format"][rows]],
                         "lengths": [int(x) for x in lengths[i]], "truncated": [bool(x) for x in truncated[i]],
@@ -326,6 +328,85 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1
                        "max_new_tokens": max_new_tokens,
                        "batch_size": batch_size, "seed": seed, "seconds": time.perf_counter() - start}
     return result
+
+
+def evaluate_tiers(model: torch.nn.Module, tokenizer, tasks: list[dict], *, per_tier: int,
+                   **settings: Any) -> dict[str, EvalResult]:
+    """`evaluate` on the first `per_tier` tasks of each tier (in the tasks' order), tier by tier; tasks without a
+    tier form one set named "all". Per-tier results keep an easy tier's gains from hiding a hard tier's losses."""
+    _check_positive_int("per_tier", per_tier)
+    by_tier: dict[str, list[dict]] = {}
+    for task in tasks:
+        by_tier.setdefault(task.get("tier") or "all", []).append(task)
+    desc = settings.pop("desc", "evaluate")
+    return {tier: evaluate(model, tokenizer, rows[:per_tier], desc=f"{desc} [{tier}]", **settings)
+            for tier, rows in by_tier.items()}
+
+
+def tier_metrics(results: dict[str, EvalResult]) -> dict[str, Any]:
+    """Flat metrics of `evaluate_tiers`: pooled `eval/accuracy`, format rate, length and the hack monitor's shares
+    (first samples), then per tier `eval/<tier>/accuracy` with its Wilson 95 % interval and task count."""
+    records = [r for result in results.values() for r in result.records]
+    solved = sum(r["correct"][0] for r in records)
+    first = [r["completions"][0] for r in records]
+    signals = hack_signals(first, records)
+    out: dict[str, Any] = {
+        "eval/accuracy": solved / len(records), "eval/format_rate": sum(r["formatted"][0] for r in records) / len(records),
+        "eval/mean_length": sum(res.mean_length * res.num_tasks for res in results.values()) / len(records),
+        "eval/num_tasks": len(records), "eval/uses_numbers": signals["hack/uses_numbers"],
+        "eval/identical_answers": signals["hack/identical_answers"],
+    }
+    if list(results) != ["all"]:
+        for tier, result in results.items():
+            out.update({f"eval/{tier}/accuracy": result.accuracy, f"eval/{tier}/accuracy_low": result.accuracy_ci[0],
+                        f"eval/{tier}/accuracy_high": result.accuracy_ci[1], f"eval/{tier}/num_tasks": result.num_tasks})
+    return out
+
+
+def split_by_tier(result: EvalResult) -> dict[str, EvalResult]:
+    """The same samples, scored tier by tier (records without a tier form "all"): per-tier pass@k and intervals
+    from one mixed evaluation."""
+    by_tier: dict[str, list[dict]] = {}
+    for record in result.records:
+        by_tier.setdefault(record.get("tier") or "all", []).append(record)
+    return {tier: score_samples(records, [r["completions"] for r in records], lengths=[r["lengths"] for r in records],
+                                truncated=[r["truncated"] for r in records])
+            for tier, records in by_tier.items()}
+
+
+def paired_sign_test(before: EvalResult, after: EvalResult) -> dict[str, Any]:
+    """Exact two-sided sign test (McNemar's, exact) on the same tasks: of the tasks exactly one model solves (first
+    sample), is the split further from 50/50 than chance allows? Tighter than comparing two Wilson intervals,
+    because tasks both (or neither) solve carry no information about the difference."""
+    _check_comparable(before, after)
+    only_after = sum(a and not b for a, b in zip(after.solved, before.solved))
+    only_before = sum(b and not a for a, b in zip(after.solved, before.solved))
+    n, k = only_after + only_before, min(only_after, only_before)
+    p_value = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"only_after": only_after, "only_before": only_before, "p_value": p_value}
+
+
+def plot_tiers(results: dict[str, dict[str, EvalResult]], *, title: str = "held-out accuracy per tier"):
+    """Grouped bars: accuracy of each model (outer key) on each tier (inner key), with Wilson 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    models = list(results)
+    tiers = list(next(iter(results.values())))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(tiers) * len(models) / 2, 3.8), constrained_layout=True)
+    for m, name in enumerate(models):
+        xs = [t + (m - (len(models) - 1) / 2) * width for t in range(len(tiers))]
+        acc = [results[name][tier].accuracy for tier in tiers]
+        err = [[a - results[name][tier].accuracy_ci[0] for a, tier in zip(acc, tiers)],
+               [results[name][tier].accuracy_ci[1] - a for a, tier in zip(acc, tiers)]]
+        ax.bar(xs, acc, width, yerr=err, capsize=4, label=name)
+        for x, a in zip(xs, acc):
+            ax.text(x, a + 0.01, f"{a:.0%}", ha="center", va="bottom", fontsize=8)
+    n = {tier: next(iter(results.values()))[tier].num_tasks for tier in tiers}
+    ax.set_xticks(range(len(tiers)), [f"{tier}\n({n[tier]} tasks)" for tier in tiers])
+    ax.set(ylabel="greedy accuracy", ylim=(0, 1.05), title=title)
+    ax.legend(fontsize=8)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------------------------

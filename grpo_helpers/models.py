@@ -258,8 +258,10 @@ def load_model_and_tokenizer(
     lora_dropout: float = 0.05,
     lora_target_modules: list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS,
     gradient_checkpointing: bool = False,
+    init_adapter: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The one entry point: a causal LM (optionally LoRA-wrapped) on `device`, and its tokenizer."""
+    """The one entry point: a causal LM (optionally LoRA-wrapped) on `device`, and its tokenizer. `init_adapter`:
+    a saved LoRA adapter (same rank, alpha and modules) whose weights the new adapter starts from."""
     device = torch.device(device) if device is not None else default_device()
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(model)
@@ -269,7 +271,32 @@ def load_model_and_tokenizer(
     loaded = ready_for_training(loaded, tokenizer, gradient_checkpointing=gradient_checkpointing, use_lora=use_lora,
                                 lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                 lora_target_modules=lora_target_modules)
+    if init_adapter:
+        if not use_lora:
+            raise ValueError(f"init_adapter={str(init_adapter)!r} needs use_lora=True (it is a LoRA adapter)")
+        start_from_adapter(loaded, Path(init_adapter), r=lora_r, alpha=lora_alpha, target_modules=lora_target_modules)
     return loaded.to(device), tokenizer
+
+
+def start_from_adapter(model: PreTrainedModel, folder: Path, *, r: int, alpha: int,
+                       target_modules: list[str] | tuple[str, ...]) -> None:
+    """Copy a saved adapter's weights into the model's fresh adapter; its shape settings must match the config."""
+    import json
+
+    from grpo_helpers.checkpoint import load_adapter_weights
+
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise FileNotFoundError(f"init_adapter={str(folder)!r} is not a saved adapter: it needs adapter_config.json "
+                                f"and adapter_model.safetensors (e.g. the cold start's {{output_dir}}/cold_start/adapter)")
+    saved = json.loads(config_file.read_text())
+    mine = {"r": r, "lora_alpha": alpha, "target_modules": sorted(target_modules)}
+    theirs = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+              "target_modules": sorted(saved.get("target_modules") or [])}
+    if mine != theirs:
+        raise ValueError(f"init_adapter={str(folder)!r} was saved with {theirs}, but this config asks for {mine}: "
+                         f"set lora_r, lora_alpha and lora_target_modules to the adapter's values")
+    load_adapter_weights(model, folder, next(model.parameters()).device)
 
 
 def ready_for_training(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, gradient_checkpointing: bool,
@@ -291,5 +318,5 @@ def load_from_config(config, device: torch.device | str | None = None):  # confi
         config.model, dtype=config.dtype, attn_implementation=config.attn_implementation, device=device,
         use_lora=config.use_lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout, lora_target_modules=config.lora_target_modules,
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=config.gradient_checkpointing, init_adapter=config.init_adapter or None,
     )

@@ -219,17 +219,48 @@ def uses_numbers_reward(completions: list[str], *, nums: list[list[int]], **kwar
     return [float(_uses_numbers(c, n)) for c, n in zip(_strings(completions), nums)]
 
 
+def _closeness(completion: str, nums: Sequence[int], target: int) -> float:
+    parsed = _parsed_answer(completion)
+    if parsed is None or sorted(parsed[1]) != sorted(nums):
+        return 0.0
+    try:
+        value = _value(parsed[0])
+    except (ZeroDivisionError, _Rejected):
+        return 0.0
+    return max(0.0, 1.0 - float(abs(value - target)) / max(abs(target), 1))
+
+
+def grounded_format_reward(completions: list[str], *, nums: list[list[int]], **kwargs: Any) -> list[float]:
+    """1.0 for the exact think-then-answer layout AND an answer built from exactly the task's numbers: format
+    credit that a fixed answer (the prompt's example, a bare "1") cannot collect across tasks."""
+    nums = _column("nums", nums, len(completions))
+    return [float(_is_formatted(c) and _uses_numbers(c, n)) for c, n in zip(_strings(completions), nums)]
+
+
+def closeness_reward(completions: list[str], *, nums: list[list[int]], target: list[int], **kwargs: Any) -> list[float]:
+    """Partial credit for getting near: 1 - |value - target| / target (at least 0) when the answer uses exactly
+    the task's numbers, else 0. An exact answer scores 1."""
+    nums, target = _column("nums", nums, len(completions)), _column("target", target, len(completions))
+    return [_closeness(c, n, t) for c, n, t in zip(_strings(completions), nums, target)]
+
+
 REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "format": format_reward,
     "equation": equation_reward,
     "think_closed": think_closed_reward,
     "answer_block": answer_block_reward,
     "uses_numbers": uses_numbers_reward,
+    "grounded_format": grounded_format_reward,
+    "closeness": closeness_reward,
 }
 # The seed's recipe: all-or-nothing. Fine for a 3B model, which is sometimes right from the start.
 SPARSE_WEIGHTS = {"format": 1.0, "equation": 1.0}
-# Stepping stones for a small model: each stage of the layout, then the right numbers, then the right value.
+# Stepping stones for the layout alone: each stage of it, then the right numbers, then the right value. Kept to show
+# a reward hack: 40 % of the maximum goes to any well-formed answer, whatever the task, and a 135M policy finds that.
 SHAPED_WEIGHTS = {"think_closed": 0.25, "answer_block": 0.25, "format": 0.5, "uses_numbers": 0.5, "equation": 1.0}
+# The CPU recipe: every partial credit needs an answer built from the task's own numbers, so a task-independent
+# answer earns (almost) nothing, while a correct, well-formed answer earns the maximum (1.5).
+GROUNDED_WEIGHTS = {"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0}
 
 
 @dataclass

@@ -49,6 +49,32 @@ class Rollout:
         return ids, mask
 
 
+def select_groups(rollouts: list[Rollout], picks: list[tuple[int, int]], *, pad_id: int) -> Rollout:
+    """A rollout made of whole groups taken from several: picks[j] = (which rollout, which prompt in it).
+
+    Prompts are left-padded and completions right-padded again to the longest kept, so the result reads exactly
+    like one rollout (dynamic sampling uses it to swap groups that carry no signal for fresh ones)."""
+    G = rollouts[0].group_size
+    P = max(rollouts[r].prompt_ids.shape[1] for r, _ in picks)
+    C = max(rollouts[r].completion_ids.shape[1] for r, _ in picks)
+    pad = torch.nn.functional.pad
+    prompt_ids, prompt_mask, completion_ids, completion_mask, lengths, truncated, texts = [], [], [], [], [], [], []
+    for r, i in picks:
+        one, rows = rollouts[r], slice(i * G, (i + 1) * G)
+        left, right = P - one.prompt_ids.shape[1], C - one.completion_ids.shape[1]
+        prompt_ids.append(pad(one.prompt_ids[i:i + 1], (left, 0), value=pad_id))  # (1, P)
+        prompt_mask.append(pad(one.prompt_mask[i:i + 1], (left, 0), value=0))
+        completion_ids.append(pad(one.completion_ids[rows], (0, right), value=pad_id))  # (G, C)
+        completion_mask.append(pad(one.completion_mask[rows], (0, right), value=0))
+        lengths.append(one.lengths[rows])
+        truncated.append(one.truncated[rows])
+        texts += one.texts[rows]
+    return Rollout(prompt_ids=torch.cat(prompt_ids), prompt_mask=torch.cat(prompt_mask),
+                   completion_ids=torch.cat(completion_ids), completion_mask=torch.cat(completion_mask),
+                   lengths=torch.cat(lengths), truncated=torch.cat(truncated), texts=texts, group_size=G,
+                   seconds=sum(one.seconds for one in rollouts))
+
+
 def _preallocated_cache(model: torch.nn.Module, length: int, *, autocast: bool) -> Cache:
     """A key/value cache written in place: a growing one copies all of itself on every decoded token.
 

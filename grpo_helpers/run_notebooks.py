@@ -122,6 +122,29 @@ def training_outcome(out_dir: Path) -> tuple[list[str], Path | None]:
         fig = plot_metrics(history, evals, title=f"{out_dir.name}: chapter 04 training")
         curve = out_dir / "reward_curve.png"
         fig.savefig(curve, dpi=110)
+    cold = out_dir / "train" / "cold_start" / "metrics.jsonl"
+    if cold.is_file():
+        rows = [json.loads(line) for line in cold.read_text().splitlines() if line]
+        if rows:
+            lines.append(f"Cold start (chapter 04): {len(rows)} SFT steps in "
+                         f"{sum(r['time/step'] for r in rows) / 60:.1f} min, loss {rows[0]['loss']:.3f} -> "
+                         f"{rows[-1]['loss']:.3f}.")
+    tiers = out_dir / "eval" / "tiers.json"
+    if tiers.is_file():
+        data = json.loads(tiers.read_text())
+        models = [name for name in data if name != "paired"]
+        names = sorted({key.split("/")[1] for m in models for key in data[m] if key.endswith("/accuracy_low")})
+        lines += ["", "Held-out greedy accuracy per tier (chapter 06, Wilson 95 %):", "",
+                  "| model | " + " | ".join(names) + " | uses the numbers | same answer, other numbers |",
+                  "| --- |" + " ---: |" * (len(names) + 2)]
+        for m in models:
+            cells = [f"{data[m][f'eval/{t}/accuracy']:.3f} [{data[m][f'eval/{t}/accuracy_low']:.3f}, "
+                     f"{data[m][f'eval/{t}/accuracy_high']:.3f}]" for t in names]
+            lines.append(f"| {m} | " + " | ".join(cells) +
+                         f" | {data[m]['eval/uses_numbers']:.2f} | {data[m]['eval/identical_answers']:.2f} |")
+        for tier, test in data.get("paired", {}).items():
+            lines.append(f"\n{tier}: GRPO alone solves {test['only_after']}, the cold start alone "
+                         f"{test['only_before']} (exact sign test p = {test['p_value']:.2g}).")
     comparison = out_dir / "eval" / "comparison.json"
     if comparison.is_file():
         data = json.loads(comparison.read_text())

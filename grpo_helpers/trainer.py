@@ -11,15 +11,12 @@ import copy
 import json
 import math
 import os
-import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -27,17 +24,17 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.trainer_utils import enable_full_determinism
 
+from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, load_adapter_weights, rng_state, seed_everything,
+                                      set_rng_state, write_checkpoint)
 from grpo_helpers.config import ConfigError, GRPOConfig
-from grpo_helpers.data import PromptSampler, load_countdown, render_prompts, train_test_split
-from grpo_helpers.inference import evaluate as evaluate_policy
+from grpo_helpers.data import TierSampler, load_split, make_sampler, render_prompts
+from grpo_helpers.inference import evaluate_tiers, tier_metrics
 from grpo_helpers.loss import (completion_logprobs, group_advantages, grouped_completion_logprobs,
                                grouped_logprobs_backward, grpo_loss)
 from grpo_helpers.models import load_from_config, release_freed_memory
-from grpo_helpers.rewards import score_completions
-from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode
-
-CHECKPOINT_PREFIX = "step-"
-
+from grpo_helpers.monitor import hack_signals, hack_warning
+from grpo_helpers.rewards import RewardBreakdown, equation_reward, score_completions
+from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode, select_groups
 
 class Callback:
     """Extension point (minGPT style): subclass and override what you need; the dashboard is one of these."""
@@ -62,37 +59,7 @@ class Batch:
     rewards: torch.Tensor  # (B*G,)
     per_function: dict[str, list[float]] = field(default_factory=dict)
     tasks: list[dict] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored)."""
-    folder = Path(output_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    done = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.pt").is_file()
-            and ".tmp" not in p.name]
-    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    dynamic: dict[str, float] = field(default_factory=dict)  # dynamic sampling: zero-std shares, fresh prompts
 
 
 class GRPOTrainer:
@@ -117,20 +84,24 @@ class GRPOTrainer:
             raise ConfigError(f"under DeepSpeed one backward pass must make one optimizer step: set "
                               f"grad_accum_steps=1 (got {cfg.train.grad_accum_steps}) and prompts_per_pass >= "
                               f"num_prompts={cfg.rollout.num_prompts} (got {cfg.train.prompts_per_pass})")
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None and plugin.zero_stage == 3 and cfg.rollout.dynamic_sampling:
+            # ranks would sample different numbers of extra rollouts, each gathering the sharded weights
+            raise ConfigError(f"dynamic_sampling={cfg.rollout.dynamic_sampling} is not supported under DeepSpeed "
+                              f"ZeRO-3 yet: set dynamic_sampling=0 or use ZeRO-2/DDP")
         self.output_dir = Path(cfg.train.output_dir)
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:  # cuBLAS, attention and scatter kernels otherwise vary run to run on a GPU
             enable_full_determinism(cfg.train.seed)
 
         if train_tasks is None or test_tasks is None:
-            tasks = load_countdown(cfg.data.dataset, num_tasks=cfg.data.num_tasks, sizes=tuple(cfg.data.task_sizes),
-                                   max_number=cfg.data.max_number, seed=cfg.train.seed)
-            split_train, split_test = train_test_split(tasks, test_size=cfg.data.test_size, seed=cfg.train.seed)
+            split_train, split_test = load_split(cfg.data, seed=cfg.train.seed)
             train_tasks = split_train if train_tasks is None else train_tasks
             test_tasks = split_test if test_tasks is None else test_tasks
         self.train_tasks, self.test_tasks = train_tasks, test_tasks
-        self.sampler = PromptSampler(train_tasks, batch_size=cfg.rollout.num_prompts, seed=cfg.train.seed,
-                                     rank=self.rank, world_size=self.world_size)
+        self.sampler = make_sampler(train_tasks, batch_size=cfg.rollout.num_prompts, seed=cfg.train.seed,
+                                    rank=self.rank, world_size=self.world_size, curriculum=cfg.data.curriculum,
+                                    max_steps=cfg.train.max_steps)
 
         if model is None:
             model, tokenizer = load_from_config(cfg.model, device=self.accelerator.device)
@@ -148,7 +119,6 @@ class GRPOTrainer:
         schedule = "constant_with_warmup" if cfg.train.lr_scheduler == "constant" else cfg.train.lr_scheduler
         self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                        num_training_steps=updates)
-        plugin = self.accelerator.state.deepspeed_plugin
         if plugin is not None:  # DeepSpeed sizes its engine from a batch size; there is no DataLoader to read it from
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.rollout.num_prompts * cfg.rollout.group_size
             plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm  # the engine clips, not us
@@ -162,6 +132,7 @@ class GRPOTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.eval_history: list[dict[str, Any]] = []
+        self.last_warning: str | None = None
         if cfg.train.resume:
             self.resume()
 
@@ -210,22 +181,18 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Write to a temporary folder, then rename: a kill mid-write leaves the previous checkpoint intact."""
-        final = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:06d}"
         weights = self._gathered_state_dict()
+        final = checkpoint_path(self.output_dir, self.step)
         if self.accelerator.is_main_process:
-            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.unwrapped_model.save_pretrained(tmp / "model", state_dict=weights)
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                     "generator": self.generator.get_state(), "sampler": self.sampler.state_dict()}
-            torch.save(state, tmp / "trainer_state.pt")
-            self.config.save_yaml(tmp / "config.yaml")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in list_checkpoints(self.output_dir)[:-self.config.train.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+            def write(folder: Path) -> None:
+                self.unwrapped_model.save_pretrained(folder / "model", state_dict=weights)
+                state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                         "generator": self.generator.get_state(), "sampler": self.sampler.state_dict()}
+                torch.save(state, folder / "trainer_state.pt")
+                self.config.save_yaml(folder / "config.yaml")
+
+            write_checkpoint(self.output_dir, self.step, write, keep_last=self.config.train.keep_last)
         self.accelerator.wait_for_everyone()
         for cb in self.callbacks:
             cb.on_checkpoint(self, final)
@@ -239,13 +206,7 @@ class GRPOTrainer:
         path = checkpoints[-1]
         unwrapped = self.unwrapped_model
         if self.is_lora:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            device = self.accelerator.device  # safetensors takes "cpu" or "cuda:N", not "cpu:0" (gloo ranks)
-            weights = load_file(str(path / "model" / "adapter_model.safetensors"),
-                                device="cpu" if device.type == "cpu" else str(device))
-            set_peft_model_state_dict(unwrapped, weights)
+            load_adapter_weights(unwrapped, path / "model", self.accelerator.device)
         else:
             from transformers import AutoModelForCausalLM
 
@@ -290,28 +251,74 @@ class GRPOTrainer:
 
         return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
 
+    def _sample(self, tasks: list[dict]) -> tuple[Rollout, RewardBreakdown]:
+        """G completions per task from the current policy, scored by the configured rewards."""
+        cfg, G = self.config, self.config.rollout.group_size
+        with self._whole_weights():
+            rollout = generate_groups(self.unwrapped_model, self.tokenizer, render_prompts(self.tokenizer, tasks),
+                                      group_size=G, max_new_tokens=cfg.rollout.max_new_tokens,
+                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                      top_k=cfg.rollout.top_k, generator=self.generator,
+                                      cuda_graph=cfg.rollout.cuda_graph)
+        nums = [t["nums"] for t in tasks for _ in range(G)]
+        target = [t["target"] for t in tasks for _ in range(G)]
+        return rollout, score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights)
+
+    def _dynamic_sampling(self, tasks: list[dict], rollout: Rollout, scores: RewardBreakdown):
+        """DAPO's dynamic sampling: a group whose rewards are all equal has zero advantages and teaches nothing, so
+        it is swapped for the group of a fresh prompt, at most `dynamic_sampling` fresh prompts per step. Every rank
+        draws the same number of fresh batches (the largest any rank needs), so the sampler stays aligned."""
+        G, budget = self.config.rollout.group_size, self.config.rollout.dynamic_sampling
+        pool = [(tasks, rollout, scores)]
+        picks = [(0, i) for i in range(len(tasks))]  # slot -> (pool entry, prompt in it)
+
+        def informative(entry: int, i: int) -> bool:
+            values = pool[entry][2].total[i * G:(i + 1) * G]
+            return max(values) - min(values) > 1e-9
+
+        before = sum(not informative(*p) for p in picks) / len(picks)
+        extra = 0
+        while True:  # once a rank wants nothing (no empty group or no budget left) it never wants again
+            empty = [slot for slot, p in enumerate(picks) if not informative(*p)]
+            want = min(len(empty), budget - extra)
+            wanted = torch.tensor(want, device=self.accelerator.device)
+            if int(self.accelerator.reduce(wanted, reduction="sum")) == 0:
+                break
+            fresh = next(self.sampler)[:want]  # every rank draws: the sampler stays aligned across ranks
+            if fresh:
+                pool.append((fresh, *self._sample(fresh)))
+                for i, slot in enumerate(empty[:len(fresh)]):
+                    picks[slot] = (len(pool) - 1, i)
+                extra += len(fresh)
+        tasks = [pool[entry][0][i] for entry, i in picks]
+        rollout = select_groups([entry[1] for entry in pool], picks, pad_id=self.tokenizer.pad_token_id)
+
+        def kept(values_of) -> list[float]:  # the kept groups' values, slot by slot
+            return [v for entry, i in picks for v in values_of(pool[entry][2])[i * G:(i + 1) * G]]
+
+        total = kept(lambda breakdown: breakdown.total)
+        per_function = {name: kept(lambda breakdown: breakdown.per_function[name]) for name in scores.per_function}
+        after = sum(not informative(*p) for p in picks) / len(picks)
+        stats = {"dynamic/zero_std_before": before, "dynamic/zero_std_after": after, "dynamic/extra_prompts": extra}
+        return tasks, rollout, RewardBreakdown(total=total, per_function=per_function), stats
+
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
         cfg, model = self.config, self.unwrapped_model
         tasks = next(self.sampler)
         t0 = time.perf_counter()
-        with self._whole_weights():
-            rollout = generate_groups(model, self.tokenizer, render_prompts(self.tokenizer, tasks),
-                                      group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
-                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                      top_k=cfg.rollout.top_k, generator=self.generator,
-                                      cuda_graph=cfg.rollout.cuda_graph)
+        rollout, scores = self._sample(tasks)
+        dynamic: dict[str, float] = {}
+        if cfg.rollout.dynamic_sampling:
+            tasks, rollout, scores, dynamic = self._dynamic_sampling(tasks, rollout, scores)
         t1 = time.perf_counter()
         G = cfg.rollout.group_size
-        nums = [t["nums"] for t in tasks for _ in range(G)]
-        target = [t["target"] for t in tasks for _ in range(G)]
-        scores = score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights)
         rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
         advantages = group_advantages(rewards, G, scale=cfg.loss.scale_rewards)  # (B*G,)
         ids, mask = rollout.full_sequences()  # (B*G, P + C)
         batch = Batch(rollout=rollout, input_ids=ids, attention_mask=mask,
                       advantages=advantages.to(ids.device), ref_logps=None, old_logps=None, rewards=rewards,
-                      per_function=scores.per_function, tasks=tasks)
+                      per_function=scores.per_function, tasks=tasks, dynamic=dynamic)
         with sampling_mode(model):  # eval mode: reference and old log-probs without dropout noise
             if cfg.loss.beta > 0:
                 if self.is_lora:
@@ -493,11 +500,13 @@ class GRPOTrainer:
             "step": self.step, "reward": rewards.mean().item(), "reward_std": groups.std(dim=1).mean().item(),
             "frac_reward_zero_std": (groups.amax(1) == groups.amin(1)).float().mean().item(),
         }
+        if "kl" in stats:  # measured only when beta > 0 (there is no reference pass otherwise)
+            metrics["kl"] = stats["kl"]
         for name in self.config.rewards.reward_weights:
             values = torch.tensor([v for b in batches for v in b.per_function[name]])
             metrics[f"rewards/{name}/mean"] = self._gather(values).mean().item()
         metrics.update({
-            "kl": stats.get("kl", 0.0), "loss": stats["loss"], "grad_norm": stats["grad_norm"],
+            "loss": stats["loss"], "grad_norm": stats["grad_norm"],
             "clip_ratio/low_mean": stats["clip_ratio/low_mean"], "clip_ratio/high_mean": stats["clip_ratio/high_mean"],
             "clip_ratio/region_mean": stats["clip_ratio/region_mean"],
             "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
@@ -506,7 +515,25 @@ class GRPOTrainer:
             "learning_rate": self.scheduler.get_last_lr()[0],
             "gen_tokens_per_sec": sum(b.rollout.tokens_per_sec for b in batches) / len(batches),
         })
+        # the hack monitor and per-tier training accuracy, over every process's completions
+        answered = gather_object([(text, b.tasks[i // G]) for b in batches for i, text in enumerate(b.rollout.texts)])
+        metrics.update(hack_signals([text for text, _ in answered], [task for _, task in answered]))
+        by_tier: dict[str, list[float]] = {}
+        for text, task in answered:
+            if task.get("tier"):
+                by_tier.setdefault(task["tier"], []).append(self._correct(text, task))
+        for tier, correct in sorted(by_tier.items()):
+            metrics[f"train/accuracy/{tier}"] = sum(correct) / len(correct)
+        if isinstance(self.sampler, TierSampler):
+            self.sampler.update({tier: sum(c) / len(c) for tier, c in by_tier.items()})
+        for key in sorted({k for b in batches for k in b.dynamic}):
+            local = torch.tensor(sum(b.dynamic[key] for b in batches) / len(batches))
+            metrics[key] = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean").item()
         return metrics
+
+    @staticmethod
+    def _correct(text: str, task: dict) -> float:
+        return equation_reward([text], nums=[task["nums"]], target=[task["target"]])[0]
 
     def _completion_rows(self, batches: list[Batch]) -> list[dict[str, Any]]:
         rows = []
@@ -521,16 +548,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, tasks: list[dict] | None = None, *, batch_size: int = 16) -> dict[str, Any]:
-        """Accuracy (equation reward = 1), format rate and mean length on held-out tasks (chapter 06's evaluation)."""
+        """Accuracy (equation reward = 1) with Wilson 95 % intervals, format rate, mean length and the hack monitor's
+        shares on held-out tasks: `eval_tasks` of each tier when the tasks carry tiers (chapter 06's evaluation)."""
         cfg = self.config
-        tasks = (tasks if tasks is not None else self.test_tasks)[: cfg.train.eval_tasks]
         with self._whole_weights():
-            result = evaluate_policy(self.unwrapped_model, self.tokenizer, tasks, k=1,
+            results = evaluate_tiers(self.unwrapped_model, self.tokenizer,
+                                     tasks if tasks is not None else self.test_tasks, per_tier=cfg.train.eval_tasks,
                                      max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
                                      batch_size=batch_size, seed=cfg.train.seed, desc=f"eval @ step {self.step}")
-        return {"step": self.step, "eval/accuracy": result.accuracy, "eval/format_rate": result.format_rate,
-                "eval/mean_length": result.mean_length, "eval/num_tasks": result.num_tasks}
+        return {"step": self.step, **tier_metrics(results)}
 
     def _run_eval(self) -> None:
         metrics = self.evaluate()
@@ -563,6 +590,10 @@ class GRPOTrainer:
                             s_per_step=f"{metrics['time/step']:.1f}")
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
+            warning = hack_warning(self.history)
+            if warning and warning != self.last_warning and self.accelerator.is_main_process:
+                tqdm.write(warning)  # also in the log: the dashboard shows it too
+            self.last_warning = warning
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                 self._run_eval()
             if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or self.step == cfg.train.max_steps:

@@ -29,6 +29,8 @@ from accelerate.utils import InitProcessGroupKwargs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without `pip install -e .`
 
 from grpo_helpers.config import describe, load_config  # noqa: E402
+from grpo_helpers.data import load_split  # noqa: E402
+from grpo_helpers.sft import run_cold_start  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
 
 
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}, device "
               f"{accelerator.device}\n{describe(config)}", flush=True)
     start = time.perf_counter()
+    if config.cold_start.sft_steps > 0 and not config.model.init_adapter:  # the recipe's cold start, on every rank
+        train_tasks, _ = load_split(config.data, seed=config.train.seed)
+        config = config.replace(init_adapter=str(run_cold_start(config, train_tasks=train_tasks,
+                                                                accelerator=accelerator)))
     trainer = GRPOTrainer(config, accelerator=accelerator)
     trainer.train()
     adapter = trainer.save_adapter(Path(config.train.output_dir) / "adapter")

@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 def launch_command(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
     settings = dict(model=str(model_dir), num_tasks=60, test_size=8, num_prompts=2, group_size=3, max_new_tokens=6,
                     beta=0.04, lr=1e-2, lora_r=4, lora_alpha=8, max_steps=2, save_every=2, eval_every=0, eval_tasks=4,
-                    reward_weights={"length": 1.0}, output_dir=str(output_dir))
+                    reward_weights={"length": 1.0}, sft_steps=0, output_dir=str(output_dir))
     settings.update(overrides)
     sets = [arg for name, value in settings.items() for arg in ("--set", name, yaml.safe_dump(value).strip()
                                                                .removesuffix("...").strip())]

@@ -6,11 +6,12 @@ from hypothesis import strategies as st
 
 from grpo_helpers.config import load_config
 from grpo_helpers.rewards import (
-    MAX_EXPRESSION_CHARS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, SPARSE_WEIGHTS, RewardBreakdown, evaluate_expression,
-    expression_numbers, extract_answer, format_reward, score_completions, zero_std_fraction,
+    GROUNDED_WEIGHTS, MAX_EXPRESSION_CHARS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, SPARSE_WEIGHTS, RewardBreakdown,
+    evaluate_expression, expression_numbers, extract_answer, format_reward, score_completions, zero_std_fraction,
 )
 
-NAMES = ("think_closed", "answer_block", "format", "uses_numbers", "equation")
+NAMES = ("think_closed", "answer_block", "format", "uses_numbers", "equation")  # the table below; see also
+# tests/test_hack_proof_rewards.py for grounded_format and closeness
 
 
 def ok(answer: str, reasoning: str = " 3 times 5 is 15, plus 7 is 22.") -> str:
@@ -149,9 +150,10 @@ def test_trl_style_kwargs_and_bad_columns():
 
 
 def test_registry_and_presets_match_config():
-    assert set(REWARD_FUNCTIONS) == set(NAMES)
+    assert set(REWARD_FUNCTIONS) == set(NAMES) | {"grounded_format", "closeness"}
     assert set(SPARSE_WEIGHTS) <= set(REWARD_FUNCTIONS) and set(SHAPED_WEIGHTS) <= set(REWARD_FUNCTIONS)
-    assert load_config("cpu").rewards.reward_weights == SHAPED_WEIGHTS
+    assert set(GROUNDED_WEIGHTS) <= set(REWARD_FUNCTIONS)
+    assert load_config("cpu").rewards.reward_weights == GROUNDED_WEIGHTS
 
 
 @pytest.mark.parametrize("totals,group_size,expected", [

@@ -1,0 +1,218 @@
+"""The cold start: a short LoRA fine-tune on solver-written reasoning traces, before GRPO.
+
+Why: GRPO can only reinforce what the policy already samples. The bundled 135M model samples no correct answer
+on any Countdown tier, so its rewards carry no signal about solving (only about format, which it then games).
+DeepSeek-R1 (unlike R1-Zero) starts RL from a small supervised cold start; this is that step for a laptop model:
+teach the search-then-answer layout and a non-zero success rate, then let RL improve on it.
+
+The loss is the mean negative log-likelihood of the completion tokens only (the prompt is context, not a
+target), computed with the same chunked log-probs as the GRPO loss. Progress, metrics (JSON lines), checkpoints
+and exact resume work as in the GRPO trainer; the adapter lands in `{output_dir}/cold_start/adapter`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from grpo_helpers.checkpoint import (list_checkpoints, load_adapter_weights, rng_state, seed_everything,
+                                     set_rng_state, write_checkpoint)
+from grpo_helpers.config import GRPOConfig
+from grpo_helpers.data import PromptSampler, render_prompts, tokenize_prompts
+from grpo_helpers.loss import completion_logprobs
+from grpo_helpers.models import load_from_config
+from grpo_helpers.traces import make_traces
+
+WARMUP_STEPS = 10
+
+
+def cold_start_dir(config: GRPOConfig) -> Path:
+    return Path(config.train.output_dir) / "cold_start"
+
+
+def balanced_sample(tasks: list[dict], n: int, *, seed: int) -> list[dict]:
+    """Up to n tasks, the same number from each tier (all tasks alike when untiered), in a seeded random order: a
+    cold start that saw only the easiest tier would answer every task in that tier's style."""
+    by_tier: dict[Any, list[dict]] = {}
+    for task in tasks:
+        by_tier.setdefault(task.get("tier"), []).append(task)
+    rng = random.Random(seed)
+    picked = []
+    for index, rows in enumerate(by_tier.values()):
+        share = n // len(by_tier) + (index < n % len(by_tier))
+        picked += rng.sample(rows, min(share, len(rows)))
+    rng.shuffle(picked)
+    return picked
+
+
+def trace_batch(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt (left-padded, as at sampling time) + completion + EOS (right-padded), and which tokens are targets.
+
+    Returns input_ids and attention_mask (N, P + C) and completion_mask (N, C): 1 on the completion's tokens and
+    its EOS, the tokens the loss is taken on."""
+    prompts = tokenize_prompts(tokenizer, render_prompts(tokenizer, rows))
+    completions = [tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                   for r in rows]
+    C = max(len(c) for c in completions)
+    completion_ids = torch.full((len(rows), C), tokenizer.pad_token_id, dtype=torch.long)  # (N, C)
+    completion_mask = torch.zeros((len(rows), C), dtype=torch.long)  # (N, C)
+    for i, ids in enumerate(completions):
+        completion_ids[i, :len(ids)] = torch.tensor(ids)
+        completion_mask[i, :len(ids)] = 1
+    input_ids = torch.cat([prompts["input_ids"], completion_ids], dim=1)  # (N, P + C)
+    attention_mask = torch.cat([prompts["attention_mask"], completion_mask], dim=1)  # (N, P + C)
+    return input_ids, attention_mask, completion_mask
+
+
+def sft_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per completion token (prompt tokens are not targets)."""
+    logps = completion_logprobs(model, input_ids, attention_mask, completion_mask.shape[1])  # (N, C)
+    mask = completion_mask.to(logps.dtype)
+    return -(logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+class ColdStart:
+    """Supervised fine-tuning of a fresh LoRA adapter on verified traces; `train()` then `adapter_dir`."""
+
+    def __init__(self, config: GRPOConfig, *, train_tasks: list[dict], model=None, tokenizer=None,
+                 accelerator: Accelerator | None = None,
+                 callbacks: list[Callable[["ColdStart", dict[str, Any]], None]] | tuple = ()):
+        cfg = config.cold_start
+        if cfg.sft_steps < 1:
+            raise ValueError(f"sft_steps={cfg.sft_steps}: the cold start needs at least one step (0 means no cold start)")
+        if not config.model.use_lora:
+            raise ValueError("the cold start trains a LoRA adapter: set use_lora=True")
+        self.config, self.callbacks = config, list(callbacks)
+        self.output_dir = cold_start_dir(config)
+        self.accelerator = accelerator or Accelerator()
+        seed_everything(config.train.seed)
+        self.traces = make_traces(balanced_sample(train_tasks, cfg.sft_traces, seed=config.train.seed),
+                                  seed=config.train.seed)
+        if len(self.traces) < cfg.sft_batch_size * self.accelerator.num_processes:
+            raise ValueError(f"only {len(self.traces)} of {cfg.sft_traces} sampled training tasks have a "
+                             f"whole-number solution to write a trace for: use more training tasks")
+        self.sampler = PromptSampler(self.traces, batch_size=cfg.sft_batch_size, seed=config.train.seed,
+                                     rank=self.accelerator.process_index, world_size=self.accelerator.num_processes)
+        if model is None:
+            model, tokenizer = load_from_config(replace(config.model, init_adapter=""), device=self.accelerator.device)
+        self.tokenizer = tokenizer
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
+        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(WARMUP_STEPS, cfg.sft_steps // 10),
+                                  num_training_steps=cfg.sft_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.unwrapped_model = self.accelerator.unwrap_model(self.model)
+        self.step, self.history = 0, []
+        if config.train.resume:
+            self.resume()
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.output_dir / "adapter"
+
+    # ------------------------------------------------------------------ plumbing: checkpoints
+    def save_checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            def write(folder: Path) -> None:
+                self.unwrapped_model.save_pretrained(folder / "model")
+                torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                            "sampler": self.sampler.state_dict()}, folder / "trainer_state.pt")
+
+            write_checkpoint(self.output_dir, self.step, write, keep_last=2)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> bool:
+        """Continue from the newest complete cold-start checkpoint; False when there is none."""
+        checkpoints = list_checkpoints(self.output_dir)
+        if not checkpoints:
+            return False
+        path = checkpoints[-1]
+        load_adapter_weights(self.unwrapped_model, path / "model", self.accelerator.device)
+        state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        if self.metrics_path.is_file():
+            self.history = [row for row in map(json.loads, self.metrics_path.read_text().splitlines())
+                            if row["step"] <= self.step]
+            self._rewrite_metrics()
+        return True
+
+    def _rewrite_metrics(self) -> None:
+        if self.accelerator.is_main_process:
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+            tmp.replace(self.metrics_path)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        rows = next(self.sampler)
+        input_ids, attention_mask, completion_mask = (t.to(self.accelerator.device)
+                                                      for t in trace_batch(self.tokenizer, rows))
+        self.model.train()
+        loss = sft_loss(self.model, input_ids, attention_mask, completion_mask)
+        self.accelerator.backward(loss)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm or 1e6)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss = self.accelerator.reduce(loss.detach(), reduction="mean")
+        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+                "learning_rate": self.scheduler.get_last_lr()[0], "tokens": int(completion_mask.sum()),
+                "time/step": time.perf_counter() - start}
+
+    def train(self) -> Path:
+        """Run the remaining steps (none if a finished cold start is resumed) and save the adapter."""
+        cfg = self.config.cold_start
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save_yaml(self.output_dir / "config.yaml")
+        bar = tqdm(total=cfg.sft_steps, initial=self.step, desc="cold start (SFT)", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        while self.step < cfg.sft_steps:
+            metrics = self.train_step()
+            self.history.append(metrics)
+            self._append(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", s_per_step=f"{metrics['time/step']:.1f}")
+            for callback in self.callbacks:
+                callback(self, metrics)
+            if (cfg.sft_save_every and self.step % cfg.sft_save_every == 0) or self.step == cfg.sft_steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.accelerator.is_main_process:
+            self.unwrapped_model.save_pretrained(self.adapter_dir)
+            self.tokenizer.save_pretrained(self.adapter_dir)
+        self.accelerator.wait_for_everyone()
+        return self.adapter_dir
+
+
+def run_cold_start(config: GRPOConfig, *, train_tasks: list[dict], **kwargs: Any) -> Path:
+    """Train the cold start (or reuse a finished one in the same folder when resume=True); the adapter's folder."""
+    trainer = ColdStart(config, train_tasks=train_tasks, **kwargs)
+    path = trainer.train()
+    del trainer
+    return path

@@ -1,0 +1,145 @@
+"""Verified reasoning traces for a cold start: a short search in words, written by the solver.
+
+A 135M model samples no correct (and no well-formed) Countdown answer at all, so RL from it has nothing to
+amplify. DeepSeek-R1 starts RL from a small supervised "cold start" on good reasoning; Stream-of-Search trains a
+small model on search traces. A trace here is what we want the policy to write after the prompt's `<think>`:
+a few combinations of two numbers checked against the target (dead ends said to be dead ends), then the
+combination that works, then the answer:
+
+     9 + 4 = 13, then 2 13: no.
+    9 * 4 = 36, then 2 36.
+    36 and 2: 38 (+), 34 (-), 72 (*), 18 (/). Yes.
+    </think>
+    <answer>(9 * 4) / 2</answer>
+
+Every claim in a trace is computed, only whole non-negative intermediate values are used (so the words stay
+simple), and each trace is kept only when the reward functions give it format 1 and equation 1.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from grpo_helpers.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, equation_reward, format_reward
+
+MAX_DEAD_ENDS = 2  # failed first steps written before the one that works (0..MAX_DEAD_ENDS, drawn per trace)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A number on the table and the expression that made it."""
+
+    value: int
+    expr: str
+    atomic: bool  # a given number (needs no parentheses inside a larger expression)
+
+
+def _wrap(item: Item) -> str:
+    return item.expr if item.atomic else f"({item.expr})"
+
+
+def _moves(a: Item, b: Item) -> list[tuple[str, Item, str]]:
+    """Every whole, non-negative result of one operation on a and b, larger operand first:
+    (op, the new item, the step in words such as "9 - 4 = 5")."""
+    if a.value < b.value:
+        a, b = b, a
+    out = [("+", a.value + b.value), ("-", a.value - b.value), ("*", a.value * b.value)]
+    if b.value and a.value % b.value == 0:
+        out.append(("/", a.value // b.value))
+    return [(op, Item(value, f"{_wrap(a)} {op} {_wrap(b)}", False), f"{a.value} {op} {b.value} = {value}")
+            for op, value in out]
+
+
+def _solvable(items: tuple[Item, ...], target: int, memo: dict) -> Item | None:
+    """An item equal to target built from all items with whole non-negative steps, or None (memoised on values)."""
+    key = tuple(sorted(i.value for i in items))
+    if key in memo:
+        return memo[key]
+    found = None
+    if len(items) == 1:
+        found = items[0] if items[0].value == target else None
+    else:
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                rest = tuple(x for k, x in enumerate(items) if k not in (i, j))
+                for _, made, _ in _moves(items[i], items[j]):
+                    found = _solvable(rest + (made,), target, memo)
+                    if found is not None:
+                        break
+                if found is not None:
+                    break
+            if found is not None:
+                break
+    memo[key] = found
+    return found
+
+
+def _pairs(items: tuple[Item, ...]) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(len(items)) for j in range(i + 1, len(items))]
+
+
+def _last_step_line(a: Item, b: Item, target: int) -> tuple[str, Item | None]:
+    """'A and B: r1, r2, r3.' with the results of every operation; the one hitting the target if any."""
+    moves = _moves(a, b)
+    hit = next((made for _, made, _ in moves if made.value == target), None)
+    results = ", ".join(f"{made.value} ({op})" for op, made, _ in moves)
+    return f"{max(a.value, b.value)} and {min(a.value, b.value)}: {results}.", hit
+
+
+def _search(items: tuple[Item, ...], target: int, rng: random.Random, lines: list[str]) -> Item | None:
+    """Write the search for target over items into lines; returns the final item (always found when solvable)."""
+    if len(items) == 2:
+        line, hit = _last_step_line(items[0], items[1], target)
+        lines.append(line + (" Yes." if hit else " No."))
+        return hit
+    memo: dict = {}
+    good, dead = [], []
+    for i, j in _pairs(items):
+        rest = tuple(x for k, x in enumerate(items) if k not in (i, j))
+        for _, made, words in _moves(items[i], items[j]):
+            (good if _solvable(rest + (made,), target, memo) else dead).append((words, made, rest))
+    if not good:
+        return None
+    rng.shuffle(dead)
+    for words, made, rest in dead[:rng.randint(0, MAX_DEAD_ENDS)]:
+        left = " ".join(str(x.value) for x in rest + (made,))
+        lines.append(f"{words}, then {left}: no.")
+    words, made, rest = rng.choice(good)
+    left = " ".join(str(x.value) for x in rest + (made,))
+    lines.append(f"{words}, then {left}.")
+    return _search(rest + (made,), target, rng, lines)
+
+
+def make_trace(nums: Sequence[int], target: int, *, rng: random.Random) -> str | None:
+    """The completion (text after the prompt's `<think>`) for one task, or None when no whole-number solution
+    exists. The caller's rng picks the dead ends and the order, so traces vary from task to task."""
+    items = tuple(Item(int(n), str(int(n)), True) for n in nums)
+    if len(items) == 1:
+        return None
+    lines: list[str] = []
+    found = _search(items, int(target), rng, lines)
+    if found is None:
+        return None
+    return " " + "\n".join(lines) + f"\n{THINK_CLOSE}\n{ANSWER_OPEN}{found.expr}{ANSWER_CLOSE}"
+
+
+def make_traces(tasks: list[dict], *, seed: int) -> list[dict]:
+    """`{"nums", "target", "completion"}` for every task that has a whole-number solution, each verified by the
+    reward functions (format 1 and equation 1); tasks without such a solution are left out."""
+    rng = random.Random(seed)
+    rows = []
+    for task in tasks:
+        trace = make_trace(task["nums"], task["target"], rng=rng)
+        if trace is None:
+            continue
+        rows.append({**task, "completion": trace})
+    if rows:
+        completions = [r["completion"] for r in rows]
+        formats = format_reward(completions)
+        correct = equation_reward(completions, nums=[r["nums"] for r in rows], target=[r["target"] for r in rows])
+        bad = [r for r, f, c in zip(rows, formats, correct) if f != 1.0 or c != 1.0]
+        if bad:  # a bug in the writer, never the model's fault: fail loudly
+            raise AssertionError(f"{len(bad)} traces fail the reward check, e.g. {bad[0]}")
+    return rows

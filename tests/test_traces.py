@@ -1,0 +1,170 @@
+"""Tests for grpo_helpers.traces: every claim a cold-start trace writes is checked against independent arithmetic."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from grpo_helpers import data
+from grpo_helpers.rewards import equation_reward, evaluate_expression, format_reward
+from grpo_helpers.traces import make_trace, make_traces
+
+TIERS = ("2x20", "3x20", "3x99", "4x99")
+STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+), then ((?:\d+ )*\d+)(: no)?\.$")
+LAST = re.compile(r"^(\d+) and (\d+): ((?:\d+ \([-+*/]\), )*\d+ \([-+*/]\))\. (Yes|No)\.$")
+RESULT = re.compile(r"(\d+) \(([-+*/])\)")
+TAIL = re.compile(r"\n</think>\n<answer>([^<>]*)</answer>$")
+
+
+def tasks_of(tier: str, n: int, seed: int) -> list[dict]:
+    size, largest = map(int, tier.split("x"))
+    return data.generate_countdown(n, sizes=(size,), max_number=largest, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def tiered_tasks() -> dict[str, list[dict]]:
+    return {tier: tasks_of(tier, 40, seed=11 + i) for i, tier in enumerate(TIERS)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent reference: whole, non-negative steps only (the trace's own rules), written without the module's code
+
+
+def whole_results(a: int, b: int) -> dict[str, int]:
+    hi, lo = max(a, b), min(a, b)
+    out = {"+": hi + lo, "-": hi - lo, "*": hi * lo}
+    if lo and hi % lo == 0:
+        out["/"] = hi // lo
+    return out
+
+
+def whole_solvable(values: tuple[int, ...], target: int, memo: dict | None = None) -> bool:
+    memo = {} if memo is None else memo
+    key = tuple(sorted(values))
+    if key not in memo:
+        if len(key) == 1:
+            memo[key] = key[0] == target
+        else:
+            memo[key] = any(
+                whole_solvable(tuple(x for k, x in enumerate(key) if k not in (i, j)) + (r,), target, memo)
+                for i in range(len(key)) for j in range(i + 1, len(key))
+                for r in whole_results(key[i], key[j]).values())
+    return memo[key]
+
+
+def check_trace(completion: str, nums: list[int], target: int) -> None:
+    """Replays the trace: every step's arithmetic, the numbers left after it, every 'no.' and the last line."""
+    tail = TAIL.search(completion)
+    assert tail, f"trace does not end with </think> and an answer block: {completion!r}"
+    assert completion.startswith(" "), "the trace continues the prompt's '<think>' after a space"
+    lines = completion[1:tail.start()].split("\n")
+    state = Counter(nums)
+    for line in lines[:-1]:
+        m = STEP.match(line)
+        assert m, f"unexpected step line {line!r} in {completion!r}"
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert a >= b, f"larger operand first: {line!r}"
+        assert whole_results(a, b).get(op) == c, f"false arithmetic: {line!r}"
+        assert state[a] >= 1 and state[b] >= 1 + (a == b), f"{line!r} uses numbers not on the table {dict(state)}"
+        left = Counter(map(int, m[5].split()))
+        assert left == state - Counter([a, b]) + Counter([c]), f"{line!r}: wrong numbers left from {dict(state)}"
+        solvable = whole_solvable(tuple(left.elements()), target)
+        if m[6]:  # a dead end: the numbers left cannot make the target with whole non-negative steps
+            assert not solvable, f"{line!r} says no, but {sorted(left.elements())} can make {target}"
+        else:
+            assert solvable, f"{line!r} is taken, but {sorted(left.elements())} cannot make {target}"
+            state = left
+    m = LAST.match(lines[-1])
+    assert m, f"unexpected last line {lines[-1]!r} in {completion!r}"
+    a, b = int(m[1]), int(m[2])
+    assert a >= b and state == Counter([a, b]), f"last line {lines[-1]!r} is not about the table {dict(state)}"
+    results = {op: int(v) for v, op in RESULT.findall(m[3])}
+    assert len(RESULT.findall(m[3])) == len(results), f"an operation listed twice: {lines[-1]!r}"
+    assert results == whole_results(a, b), f"false or missing results: {lines[-1]!r}"
+    assert target in results.values() and m[4] == "Yes", f"last line misses the target {target}: {lines[-1]!r}"
+    # the answer block holds an expression over exactly the task's numbers (equation_reward checks its value)
+    assert sorted(map(int, re.findall(r"\d+", tail[1]))) == sorted(nums)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_traces_score_full_reward_and_every_claim_is_true(tiered_tasks, tier):
+    tasks = tiered_tasks[tier]
+    rows = make_traces(tasks, seed=0)
+    assert len(rows) >= len(tasks) // 2, f"only {len(rows)} of {len(tasks)} {tier} tasks got a trace"
+    completions = [r["completion"] for r in rows]
+    assert format_reward(completions) == [1.0] * len(rows)
+    assert equation_reward(completions, nums=[r["nums"] for r in rows], target=[r["target"] for r in rows]) \
+        == [1.0] * len(rows)
+    for row in rows:
+        check_trace(row["completion"], row["nums"], row["target"])
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_make_traces_keeps_exactly_the_whole_number_solvable_tasks(tiered_tasks, tier):
+    tasks = tiered_tasks[tier]
+    rows = make_traces(tasks, seed=3)
+    kept = [t for t in tasks if whole_solvable(tuple(t["nums"]), t["target"])]
+    assert [{k: v for k, v in r.items() if k != "completion"} for r in rows] == kept  # task fields kept, in order
+    if tier.startswith("2"):  # two numbers: no fraction can help, every (solvable) task gets a trace
+        assert len(rows) == len(tasks)
+
+
+def test_traces_are_deterministic_for_a_seed_and_differ_between_seeds(tiered_tasks):
+    tasks = tiered_tasks["3x20"] + tiered_tasks["4x99"]
+    first, again, other = make_traces(tasks, seed=5), make_traces(tasks, seed=5), make_traces(tasks, seed=6)
+    assert first == again
+    assert [r["completion"] for r in first] != [r["completion"] for r in other]
+    assert [r["nums"] for r in first] == [r["nums"] for r in other]  # the same tasks, written differently
+    # and the rng passed to make_trace is what varies them
+    task = tiered_tasks["4x99"][0]
+    texts = {make_trace(task["nums"], task["target"], rng=random.Random(s)) for s in range(20)}
+    assert len(texts) > 1
+
+
+def test_trace_shape_for_a_known_task():
+    trace = make_trace([9, 4, 2], 18, rng=random.Random(0))
+    check_trace(trace, [9, 4, 2], 18)
+    assert trace.endswith("</think>\n<answer>" + trace.rsplit("<answer>", 1)[1])
+    assert equation_reward([trace], nums=[[9, 4, 2]], target=[18]) == [1.0]
+    two = make_trace([7, 3], 21, rng=random.Random(0))
+    assert two == " 7 and 3: 10 (+), 4 (-), 21 (*). Yes.\n</think>\n<answer>7 * 3</answer>"
+
+
+@pytest.mark.parametrize("nums,target", [
+    ([1, 1], 7),  # impossible
+    ([5], 5),  # a single number is no game
+    ([3, 3, 8, 8], 24),  # possible, but only through the fraction 8 / 3
+])
+def test_tasks_without_a_whole_number_solution_get_no_trace(nums, target):
+    assert make_trace(nums, target, rng=random.Random(0)) is None
+    assert make_traces([{"nums": nums, "target": target}], seed=0) == []
+    if len(nums) == 4:  # the solver finds the fractional solution the trace cannot write
+        answer = data.solve(nums, target)
+        assert answer is not None and evaluate_expression(answer) == target
+
+
+def test_make_traces_leaves_out_only_the_unsolvable_task():
+    tasks = [{"nums": [2, 3], "target": 6}, {"nums": [1, 1], "target": 7}, {"nums": [9, 4, 2], "target": 18}]
+    rows = make_traces(tasks, seed=0)
+    assert [(r["nums"], r["target"]) for r in rows] == [([2, 3], 6), ([9, 4, 2], 18)]
+
+
+def test_the_replay_check_catches_false_claims():
+    """The checker above is what makes these tests able to fail: a tampered trace is rejected."""
+    good = " 9 + 4 = 13, then 2 13: no.\n9 * 4 = 36, then 2 36.\n36 and 2: 38 (+), 34 (-), 72 (*), 18 (/). Yes." \
+           "\n</think>\n<answer>(9 * 4) / 2</answer>"
+    check_trace(good, [9, 4, 2], 18)
+    for bad in (good.replace("9 + 4 = 13", "9 + 4 = 14").replace("2 13", "2 14"),  # false sum
+                good.replace("then 2 13: no.", "then 2 12: no."),  # wrong numbers left
+                good.replace("9 + 4 = 13, then 2 13: no.", "9 * 4 = 36, then 2 36: no."),  # a false no: 36 / 2 = 18
+                good.replace("18 (/)", "17 (/)"),  # false quotient, target missing
+                good.replace(", 18 (/)", ""),  # a result left out
+                good.replace("</answer>", "</answer> ")):  # not the exact ending
+        with pytest.raises(AssertionError):
+            check_trace(bad, [9, 4, 2], 18)
