@@ -50,12 +50,6 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 CURRICULA = ("uniform", "linear", "success")
 
 
-def parse_tier(name: str) -> tuple[int, int]:
-    """ "3x20" -> (3, 20): how many numbers, and the largest one."""
-    size, _, largest = name.partition("x")
-    return int(size), int(largest)
-
-
 def _valid_tier(name: str) -> bool:
     size, sep, largest = name.partition("x")
     return bool(sep) and size.isdigit() and largest.isdigit() and 2 <= int(size) <= 6 and 2 <= int(largest) <= 10_000
@@ -279,7 +273,7 @@ class ColdStartConfig:
     sft_batch_size: int = 8
     """traces per supervised step"""
     sft_lr: float = 2e-4
-    """peak learning rate of the cold start (cosine decay after 10 warm-up steps)"""
+    """peak learning rate of the cold start (cosine decay after min(10, sft_steps // 10) warm-up steps)"""
     sft_traces: int = 6000
     """traces written from the training split (at most one per task; tasks with no whole-number solution are skipped)"""
     sft_save_every: int = 50
@@ -412,5 +406,5 @@ def describe(config: GRPOConfig) -> str:
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "LossConfig", "TrainConfig", "ColdStartConfig",
-    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "describe", "parse_tier",
+    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "describe",
 ]

@@ -560,8 +560,12 @@ class TierSampler:
       uniform  every tier alike;
       linear   easiest first (tiers in the order given), moving toward the last by `max_steps`; no tier below
                MIN_WEIGHT, so no tier taught is forgotten;
-      success  tiers solved about half the time (weight s(1-s) of each tier's running training accuracy s, fed by
-               `update`), where a group's rewards differ most; MIN_WEIGHT keeps the others in view.
+      success  tiers solved about half the time (weight 4s(1-s) of each tier's running training accuracy s, fed by
+               `update`), where a group's rewards differ most; MIN_WEIGHT keeps the others in view. The trainer
+               feeds it the accuracy of the groups it trains on, i.e. after dynamic sampling swapped groups whose
+               rewards were all equal, which pulls s toward 0.5 (a known bias, kept as measured).
+    `linear` counts progress in draws (`step`), and dynamic sampling draws extra batches: with it, the schedule
+    runs ahead of the optimizer steps.
     """
 
     MIN_WEIGHT = 0.1

@@ -496,4 +496,5 @@ def find_aha(records: list[dict], *, patterns: Sequence[str] = AHA_PATTERNS) -> 
 __all__ = [
     "AHA_PATTERNS", "EVAL_WEIGHTS", "EvalResult", "load_policy", "merge_and_save", "check_task", "solve_task",
     "pass_at_k", "wilson_interval", "score_samples", "evaluate", "compare", "plot_comparison", "find_aha",
+    "evaluate_tiers", "tier_metrics", "split_by_tier", "paired_sign_test", "plot_tiers",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from transformers import get_scheduler
 
 from grpo_helpers.checkpoint import (list_checkpoints, load_adapter_weights, rng_state, seed_everything,
                                      set_rng_state, write_checkpoint)
-from grpo_helpers.config import GRPOConfig
+from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, render_prompts, tokenize_prompts
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
@@ -87,13 +88,16 @@ class ColdStart:
                  accelerator: Accelerator | None = None,
                  callbacks: list[Callable[["ColdStart", dict[str, Any]], None]] | tuple = ()):
         cfg = config.cold_start
+        self.accelerator = accelerator or Accelerator()
+        if self.accelerator.state.deepspeed_plugin is not None:
+            raise ConfigError("the cold start does not run under DeepSpeed yet: run it on one process or under DDP "
+                              "(launch/ddp.sh) and pass its adapter as init_adapter, or set sft_steps=0")
         if cfg.sft_steps < 1:
             raise ValueError(f"sft_steps={cfg.sft_steps}: the cold start needs at least one step (0 means no cold start)")
         if not config.model.use_lora:
             raise ValueError("the cold start trains a LoRA adapter: set use_lora=True")
         self.config, self.callbacks = config, list(callbacks)
         self.output_dir = cold_start_dir(config)
-        self.accelerator = accelerator or Accelerator()
         seed_everything(config.train.seed)
         self.traces = make_traces(balanced_sample(train_tasks, cfg.sft_traces, seed=config.train.seed),
                                   seed=config.train.seed)
@@ -107,9 +111,10 @@ class ColdStart:
         self.tokenizer = tokenizer
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
-        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(WARMUP_STEPS, cfg.sft_steps // 10),
-                                  num_training_steps=cfg.sft_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # not prepared: accelerate would step it once per process per step, ending the cosine early on N ranks
+        self.scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(WARMUP_STEPS, cfg.sft_steps // 10),
+                                       num_training_steps=cfg.sft_steps)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped_model = self.accelerator.unwrap_model(self.model)
         self.step, self.history = 0, []
         if config.train.resume:
@@ -190,6 +195,9 @@ class ColdStart:
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.config.save_yaml(self.output_dir / "config.yaml")
+            if self.step == 0:  # a fresh cold start: no lines or checkpoints of an earlier one may mix in
+                self.metrics_path.unlink(missing_ok=True)
+                shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
         bar = tqdm(total=cfg.sft_steps, initial=self.step, desc="cold start (SFT)", unit="step",
                    disable=not self.accelerator.is_main_process)
         while self.step < cfg.sft_steps:

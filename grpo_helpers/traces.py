@@ -12,8 +12,9 @@ combination that works, then the answer:
     </think>
     <answer>(9 * 4) / 2</answer>
 
-Every claim in a trace is computed, only whole non-negative intermediate values are used (so the words stay
-simple), and each trace is kept only when the reward functions give it format 1 and equation 1.
+Every claim in a trace is computed. Only whole non-negative intermediate values are used (so the words stay
+simple): a dead end's "no" means no way on from there with such steps (the game also allows fractions, which the
+traces never use). Each trace is kept only when the reward functions give it format 1 and equation 1.
 """
 
 from __future__ import annotations

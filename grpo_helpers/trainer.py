@@ -591,8 +591,8 @@ class GRPOTrainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
             warning = hack_warning(self.history)
-            if warning and warning != self.last_warning and self.accelerator.is_main_process:
-                tqdm.write(warning)  # also in the log: the dashboard shows it too
+            if warning and self.last_warning is None and self.accelerator.is_main_process:
+                tqdm.write(warning)  # once, when it starts (also in the log); the dashboard shows it while it lasts
             self.last_warning = warning
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                 self._run_eval()

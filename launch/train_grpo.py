@@ -82,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{accelerator.device}\n{describe(config)}", flush=True)
     start = time.perf_counter()
     if config.cold_start.sft_steps > 0 and not config.model.init_adapter:  # the recipe's cold start, on every rank
-        train_tasks, _ = load_split(config.data, seed=config.train.seed)
+        train_tasks, test_tasks = load_split(config.data, seed=config.train.seed)
         config = config.replace(init_adapter=str(run_cold_start(config, train_tasks=train_tasks,
                                                                 accelerator=accelerator)))
-    trainer = GRPOTrainer(config, accelerator=accelerator)
+        accelerator.free_memory()  # accelerate keeps every prepared model: drop the cold start's before GRPO's
+        trainer = GRPOTrainer(config, accelerator=accelerator, train_tasks=train_tasks, test_tasks=test_tasks)
+    else:
+        trainer = GRPOTrainer(config, accelerator=accelerator)
     trainer.train()
     adapter = trainer.save_adapter(Path(config.train.output_dir) / "adapter")
 

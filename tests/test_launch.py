@@ -88,6 +88,19 @@ def test_two_cpu_ranks_stay_in_sync_see_different_prompts_write_once_and_resume(
     assert sums[0] == sums[1]
 
 
+@pytest.mark.slow  # one launch of two processes: a cold start, then GRPO from its adapter
+def test_the_cold_start_runs_on_both_ranks_before_grpo(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    done = launch(tiny_model_dir, out, sft_steps=3, sft_batch_size=2, sft_traces=20, max_steps=1, save_every=1)
+    cold = [json.loads(line) for line in (out / "cold_start" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in cold] == [1, 2, 3]  # written once, by the main process
+    assert (out / "cold_start" / "adapter" / "adapter_model.safetensors").is_file()
+    saved = yaml.safe_load((out / "checkpoints" / "step-000001" / "config.yaml").read_text())
+    assert saved["model"]["init_adapter"] == str(out / "cold_start" / "adapter")  # GRPO started from it
+    sums = checksums(done.stdout)
+    assert len(sums) == 2 and sums[0] == sums[1]
+
+
 @pytest.mark.slow
 def test_a_dead_rank_stops_the_run_instead_of_hanging(tiny_model_dir, tmp_path):
     out = tmp_path / "run"

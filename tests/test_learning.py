@@ -1,9 +1,10 @@
 """A learning regression check that can fail: a short seeded cold start + GRPO run on the bundled model.
 
-The assertion is about correctness, not reward: after a few GRPO steps from a small cold start, greedy accuracy on
-held-out tasks of the training tier must rise clearly. With the advantages' sign flipped (GRPO pushing *away* from
-the better completions) the same run's accuracy falls instead; the closing note of the change that added this test
-records both runs.
+The assertion is about correctness, not reward: after 8 GRPO steps from a 40-step cold start, greedy accuracy on 48
+held-out tasks of the training tier (2 numbers <= 10) must rise by at least MIN_GAIN. Measured on the reference
+machine (2 vCPU, fp32), 2026-12-01: as shipped 20/48 -> 25/48 (+0.104); with the advantages' sign flipped (GRPO
+pushing *away* from the better completions, `grpo_helpers.trainer.group_advantages` negated) 20/48 -> 1/48, which
+fails. MIN_GAIN = 0.04 (two tasks) also fails a trainer that changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from grpo_helpers.trainer import GRPOTrainer
 pytestmark = pytest.mark.slow
 
 TIER = "2x10"
-MIN_GAIN = 0.10  # held-out greedy accuracy, GRPO minus cold start
+MIN_GAIN = 0.04  # held-out greedy accuracy, GRPO minus cold start (two of 48 tasks)
 
 
 def learning_run(output_dir) -> tuple[float, float, GRPOTrainer]:
