@@ -51,8 +51,13 @@ CURRICULA = ("uniform", "linear", "success")
 
 
 def _valid_tier(name: str) -> bool:
-    size, sep, largest = name.partition("x")
-    return bool(sep) and size.isdigit() and largest.isdigit() and 2 <= int(size) <= 6 and 2 <= int(largest) <= 10_000
+    from grpo_helpers.data import parse_tier  # lower module: no import cycle
+
+    try:
+        parse_tier(name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass

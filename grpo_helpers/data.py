@@ -317,17 +317,25 @@ def _parse_nums_text(rows: list[dict]) -> list[dict]:
     return out
 
 
+def parse_tier(name: str) -> tuple[int, int]:
+    """ "3x20" -> (3, 20): how many numbers (2..MAX_SOLVER_NUMBERS) and the largest one (2..10,000)."""
+    size, sep, largest = name.partition("x") if isinstance(name, str) else ("", "", "")
+    if not (sep and size.isdigit() and largest.isdigit() and 2 <= int(size) <= MAX_SOLVER_NUMBERS
+            and 2 <= int(largest) <= 10_000):
+        raise ValueError(f"tier {name!r} is not allowed: 'NxM' with N numbers (2..{MAX_SOLVER_NUMBERS}) each <= M "
+                         f"(2..10000), e.g. '3x20'")
+    return int(size), int(largest)
+
+
 def generate_tiers(n: int, *, tiers: list[str] | tuple[str, ...], seed: int = 42) -> list[dict]:
     """`n` solvable tasks split evenly over difficulty tiers ("NxM": N numbers, each <= M), tier after tier.
     Each row also carries its difficulty: `tier` and `num_solutions` (count_solutions: 1 = a single way)."""
     _check_int("n", n, len(tiers) or 1)
     rows: list[dict] = []
     for index, name in enumerate(tiers):
-        size, _, largest = name.partition("x")
-        if not (size.isdigit() and largest.isdigit() and 2 <= int(size) <= MAX_SOLVER_NUMBERS):
-            raise ValueError(f"tier {name!r} is not allowed: 'NxM' with N numbers (2..{MAX_SOLVER_NUMBERS}) each <= M")
+        size, largest = parse_tier(name)
         count = n // len(tiers) + (index < n % len(tiers))
-        for row in generate_countdown(count, sizes=(int(size),), max_number=int(largest), seed=seed + 7919 * index):
+        for row in generate_countdown(count, sizes=(size,), max_number=largest, seed=seed + 7919 * index):
             rows.append({**row, "tier": name, "num_solutions": count_solutions(row["nums"], row["target"])})
     return rows
 
@@ -707,5 +715,5 @@ __all__ = [
     "SYSTEM_PROMPT", "ASSISTANT_PREFIX", "generate_countdown", "solve", "count_solutions", "validate_rows",
     "load_countdown", "train_test_split", "save_jsonl", "load_jsonl", "user_message", "build_messages",
     "render_prompt", "render_prompts", "tokenize_prompts", "PromptSampler", "dataset_stats", "plot_dataset_stats",
-    "generate_tiers", "task_key", "TierSampler", "make_sampler", "load_split",
+    "generate_tiers", "parse_tier", "task_key", "TierSampler", "make_sampler", "load_split",
 ]
