@@ -316,8 +316,7 @@ class GRPOConfig:
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
     def __post_init__(self) -> None:
-        tiers = max(1, len(self.data.tiers))  # with tiers, eval_tasks counts per tier (fewer if a tier has fewer)
-        _require(self.train.eval_tasks <= self.data.test_size or tiers > 1, "eval_tasks", self.train.eval_tasks,
+        _require(self.train.eval_tasks <= self.data.test_size, "eval_tasks", self.train.eval_tasks,
                  f"at most test_size={self.data.test_size}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

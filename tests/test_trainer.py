@@ -29,7 +29,7 @@ DOCUMENTED_KEYS = [
 
 def small_config(output_dir, reward="length", **overrides):
     values = dict(num_tasks=40, test_size=8, eval_tasks=4, max_steps=2, num_prompts=2, group_size=3,
-                  max_new_tokens=8, beta=0.04, lr=1e-2, save_every=1, eval_every=0,
+                  max_new_tokens=8, beta=0.04, lr=1e-2, save_every=1, eval_every=0, temperature=1.0,
                   reward_weights={reward: 1.0, "format": 1.0}, output_dir=str(output_dir))
     values.update(overrides)
     return load_config("cpu", **values)
