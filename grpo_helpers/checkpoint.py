@@ -1,14 +1,19 @@
 """Checkpoint folders and random-number states: what any training loop here needs to stop and continue exactly.
 
 A checkpoint is a folder `checkpoints/step-NNNNNN/` written under a temporary name and renamed when complete, so
-a kill mid-write leaves the previous one intact. Both loops (the cold start's SFT and GRPO) use these helpers.
+a kill mid-write leaves the previous one intact. Its `manifest.json`, written last, lists every file with its
+size: a checkpoint counts only when every file is there at that size, so a file truncated or deleted later (a full
+disk, a copy cut short) makes resume fall back to the newest checkpoint that is still whole, and say why. Both
+loops (the cold start's SFT and GRPO) use these helpers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +22,7 @@ import torch
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -45,24 +51,66 @@ def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored)."""
+def _step_folders(output_dir: str | Path) -> list[Path]:
+    """Every checkpoint folder (temporary folders of an interrupted write left out), oldest first."""
     folder = Path(output_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    done = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file()
-            and ".tmp" not in p.name]
-    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why the checkpoint folder is not whole (a missing or short file, no manifest), or None when it is."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE} (the write did not finish)"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size} bytes, {size} were written"
+    if STATE_FILE not in files:
+        return f"no {STATE_FILE}"
+    return None
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Whole checkpoints (see `checkpoint_problem`), oldest first."""
+    return [p for p in _step_folders(output_dir) if checkpoint_problem(p) is None]
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest whole checkpoint; each newer one that is not whole is skipped with a warning saying why."""
+    for path in reversed(_step_folders(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        warnings.warn(f"skipping checkpoint {path}: {problem}", stacklevel=2)
+    return None
 
 
 def write_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], *, keep_last: int) -> Path:
-    """`write(folder)` fills a temporary folder, which is then renamed to the step's checkpoint; only the newest
-    `keep_last` checkpoints are kept (older ones are deleted after the new one is complete)."""
+    """`write(folder)` fills a temporary folder, which gets its manifest and is then renamed to the step's
+    checkpoint; only the newest `keep_last` whole checkpoints are kept (older ones are deleted after the new one is
+    complete)."""
     final = checkpoint_path(output_dir, step)
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    _write_manifest(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in list_checkpoints(output_dir)[:-keep_last]:

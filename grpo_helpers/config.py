@@ -50,6 +50,14 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 CURRICULA = ("uniform", "linear", "success")
 
 
+def _booleans(section: Any) -> None:
+    """Every field annotated bool holds True or False: "no" and 0 are not booleans (a non-empty string is truthy)."""
+    for f in fields(section):
+        if f.type == "bool":
+            value = getattr(section, f.name)
+            _require(isinstance(value, bool), f.name, value, "true or false (a boolean, not a string or number)")
+
+
 def _valid_tier(name: str) -> bool:
     from grpo_helpers.data import parse_tier  # lower module: no import cycle
 
@@ -86,6 +94,7 @@ class ModelConfig:
     """LoRA adapter folder to start training from (e.g. the cold start's); empty = a fresh adapter"""
 
     def __post_init__(self) -> None:
+        _booleans(self)
         _require(isinstance(self.model, str) and self.model.strip() != "", "model", self.model,
                  "a non-empty model name, hub id or folder")
         _choice("dtype", self.dtype, DTYPES)
@@ -120,6 +129,7 @@ class DataConfig:
     solves about half the time)"""
 
     def __post_init__(self) -> None:
+        _booleans(self)
         _require(isinstance(self.dataset, str) and self.dataset.strip() != "", "dataset", self.dataset,
                  "'generated', a hub id or a path to a .jsonl/.parquet/.csv file")
         _positive_int("num_tasks", self.num_tasks, 2)
@@ -157,7 +167,7 @@ class RolloutConfig:
     (they carry no signal); 0 = off"""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.cuda_graph, bool), "cuda_graph", self.cuda_graph, "true or false")
+        _booleans(self)
         _positive_int("num_prompts", self.num_prompts)
         _positive_int("group_size", self.group_size, 2)
         _positive_int("max_new_tokens", self.max_new_tokens)
@@ -171,8 +181,11 @@ class RolloutConfig:
 class RewardConfig:
     reward_weights: dict[str, float] = field(default_factory=lambda: {"format": 1.0, "equation": 1.0})
     """reward function name -> weight; the total reward is the weighted sum (names: see grpo_helpers.rewards)"""
+    reward_time_limit: float | None = None
+    """seconds one reward function may take on one batch before the run stops with its name (None = no limit)"""
 
     def __post_init__(self) -> None:
+        _booleans(self)
         from grpo_helpers.rewards import REWARD_FUNCTIONS  # lower module: no import cycle
 
         _require(isinstance(self.reward_weights, dict) and len(self.reward_weights) > 0, "reward_weights",
@@ -181,6 +194,8 @@ class RewardConfig:
             _choice("reward_weights key", name, tuple(REWARD_FUNCTIONS))
             _require(isinstance(weight, (int, float)) and not isinstance(weight, bool), f"reward_weights[{name!r}]",
                      weight, "a number")
+        if self.reward_time_limit is not None:
+            _number_in("reward_time_limit", self.reward_time_limit, 0.0, 86_400.0, low_open=True)
 
 
 @dataclass
@@ -199,6 +214,7 @@ class LossConfig:
     """mu: optimisation passes over each rollout batch (the ratio is to the rollout-time policy)"""
 
     def __post_init__(self) -> None:
+        _booleans(self)
         _choice("loss_type", self.loss_type, LOSS_TYPES)
         _number_in("beta", self.beta, 0.0, 10.0)
         _number_in("clip_eps_low", self.clip_eps_low, 0.0, 1.0, low_open=True)
@@ -246,11 +262,14 @@ class TrainConfig:
     eval_greedy: bool = True
     """greedy decoding for evaluation (else sampled with the rollout settings)"""
     resume: bool = False
-    """continue from the newest checkpoint in output_dir"""
+    """continue from the newest whole checkpoint in output_dir"""
+    overwrite: bool = False
+    """a fresh run (resume=False) may delete the logs and checkpoints of a run already in output_dir (else refused)"""
     report_to: str = "none"
     """optional tracker: none, tensorboard or wandb"""
 
     def __post_init__(self) -> None:
+        _booleans(self)
         _number_in("lr", self.lr, 0.0, 1.0, low_open=True)
         _choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
         _positive_int("warmup_steps", self.warmup_steps, 0)
@@ -261,7 +280,6 @@ class TrainConfig:
         _positive_int("completions_per_pass", self.completions_per_pass)
         _positive_int("max_steps", self.max_steps)
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
-        _require(isinstance(self.deterministic, bool), "deterministic", self.deterministic, "true or false")
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                  "a non-empty folder path")
         _positive_int("save_every", self.save_every, 0)
@@ -285,6 +303,7 @@ class ColdStartConfig:
     """cold-start checkpoint every this many steps (0 = only at the end)"""
 
     def __post_init__(self) -> None:
+        _booleans(self)
         _positive_int("sft_steps", self.sft_steps, 0)
         _positive_int("sft_batch_size", self.sft_batch_size)
         _number_in("sft_lr", self.sft_lr, 0.0, 1.0, low_open=True)
@@ -339,6 +358,10 @@ def _merge(nested: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> dict
     """Apply overrides given as plain names, `section.name`, or whole `section: {...}` mappings."""
     out = {section: dict(values) for section, values in nested.items()}
     for key, value in overrides.items():
+        if key in SECTIONS and not isinstance(value, dict) and key not in FIELD_SECTION:  # ("model" is both)
+            example = next(f.name for f in fields(SECTIONS[key]))
+            raise ConfigError(f"section {key!r} must be a mapping of its fields (e.g. {key}: {{{example}: ...}}), "
+                              f"got {value!r}")
         if key in SECTIONS and isinstance(value, dict):
             for inner, inner_value in value.items():
                 out = _merge(out, {f"{key}.{inner}": inner_value})
@@ -361,17 +384,20 @@ def config_from_dict(values: dict[str, Any]) -> GRPOConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # A CPU run that learns to solve on 2 cores with the bundled 135M model. The base model samples no correct
     # answer, so GRPO starts from a cold start (a short LoRA SFT on solver-written traces, chapter 04), on two
-    # difficulty tiers drawn by measured success; every reward needs the task's own numbers (no fixed answer pays),
-    # and groups with no reward spread are swapped for fresh prompts (dynamic sampling). GRPO's lr is 5x below the
-    # pure-RL one and T = 0.7: at lr 1e-4 and T = 1 the cold start's skills decayed within 10 steps (bench/RESULTS.md).
+    # 3-number difficulty tiers drawn by measured success (2-number tasks are nearly solved by the cold start
+    # alone: nothing left for RL to show); every reward needs the task's own numbers (no fixed answer pays), and
+    # groups with no reward spread are swapped for fresh prompts (dynamic sampling). G = 8 so that a group of a
+    # task solved one time in five still holds a success. GRPO's lr is 5x below the pure-RL one and T = 0.7: at
+    # lr 1e-4 and T = 1 the cold start's skills decayed within 10 steps (bench/RESULTS.md). 160 new tokens: a
+    # 3-number trace is ~90 tokens, one in ten over 120.
     "cpu": dict(
         model="bundled:smollm2-135m-instruct", lora_dropout=0.0, num_tasks=20_000, test_size=400,
-        tiers=["2x20", "3x20"], curriculum="success",
-        num_prompts=2, group_size=4, max_new_tokens=128, temperature=0.7, dynamic_sampling=2,
+        tiers=["3x10", "3x20"], curriculum="success",
+        num_prompts=2, group_size=8, max_new_tokens=160, temperature=0.7, dynamic_sampling=2,
         reward_weights={"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0},
-        loss_type="dapo", beta=0.0, lr=2e-5, lr_scheduler="constant", max_steps=60,
-        save_every=10, eval_every=60, eval_tasks=48, output_dir="runs/cpu",
-        sft_steps=150, sft_batch_size=8, sft_lr=2e-4,
+        loss_type="dapo", beta=0.0, lr=2e-5, lr_scheduler="constant", max_steps=40,
+        save_every=10, eval_every=40, eval_tasks=48, output_dir="runs/cpu",
+        sft_steps=120, sft_batch_size=8, sft_lr=2e-4,
     ),
     # The seed's single-node GPU recipe: Qwen2.5-3B, LoRA r16/alpha64, bf16 + flash-attn.
     "gpu-qwen2.5-3b": dict(
@@ -392,7 +418,12 @@ def load_config(preset_or_path: str = "cpu", **overrides: Any) -> GRPOConfig:
         path = Path(preset_or_path)
         if not path.is_file():
             raise ConfigError(f"config {preset_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-        base = yaml.safe_load(path.read_text()) or {}
+        try:
+            base = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if base is None:
+            raise ConfigError(f"{path} is empty: write `preset: cpu` (or another preset) and the fields it changes")
         if not isinstance(base, dict):
             raise ConfigError(f"{path} must hold a mapping of config fields, got {type(base).__name__}")
         if "preset" in base:  # a file may name a preset and list only what it changes

@@ -15,6 +15,7 @@ and that expression is kept as the row's `solution`. Rows are plain dicts `{"num
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import os
 import random
@@ -28,7 +29,7 @@ from typing import Any, Iterator
 
 Value = int | Fraction  # exact value of a (sub)expression; integral values are kept as int for speed
 
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_TYPES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_EXAMPLE = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_SOLVER_NUMBERS = 6  # the game has 3-6 numbers; the exhaustive solver grows super-exponentially past that
 MAX_ATTEMPTS = 100_000  # random draws per generated task before the settings are declared (nearly) impossible
@@ -180,7 +181,9 @@ def _partners(target: int, va: Value) -> list[tuple[Value, str, bool]]:
 def _check_task(nums: Any, target: Any) -> tuple[tuple[int, ...], int]:
     if not isinstance(nums, (list, tuple)) or not nums or not all(
             isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
-        raise ValueError(f"nums={nums!r} is not allowed: a non-empty list of positive integers")
+        raise ValueError(f"nums={str(nums)[:80]} is not allowed: a non-empty list of positive integers")
+    if len(nums) > MAX_SOLVER_NUMBERS:  # the search grows super-exponentially: refuse instead of never returning
+        raise ValueError(f"{len(nums)} numbers is too many to solve: the game has at most {MAX_SOLVER_NUMBERS}")
     if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
         raise ValueError(f"target={target!r} is not allowed: a positive integer")
     return tuple(sorted(int(x) for x in nums)), int(target)
@@ -355,15 +358,20 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
     if source == "generated":
         return generate_countdown(num_tasks or 20_000, sizes=sizes, max_number=max_number, seed=seed)
 
-    import datasets  # heavy import, only when a file or the hub is read
-
-    suffix = Path(source).suffix.lower()
-    if suffix in FILE_BUILDERS:
-        path = Path(source).expanduser()
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in FILE_TYPES or _looks_like_path(source):
         if not path.is_file():
             raise FileNotFoundError(f"dataset file {str(path)!r} does not exist (resolved: {path.resolve()})")
-        table = datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(path), split="train")
+        if suffix not in FILE_TYPES:
+            raise ValueError(f"dataset file {str(path)!r} has the type {suffix or '(none)'!r}: use "
+                             f"{'/'.join(FILE_TYPES)}")
+        rows = _read_rows(path)
+        if not rows:
+            raise ValueError(f"dataset file {str(path)!r} holds no rows")
     else:
+        import datasets  # heavy import, only when the hub is read
+
         try:
             table = datasets.load_dataset(source, split="train")
         except Exception as err:  # offline, unknown id, gated: the library's own error is kept as the cause
@@ -372,10 +380,46 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
                 f"Without network access use dataset='generated' (solvable tasks made locally) or a local "
                 f".jsonl/.json/.parquet/.csv file; with network a hub id looks like {HUB_EXAMPLE!r}."
             ) from err
-    if num_tasks is not None:
-        table = table.select(range(min(num_tasks, len(table))))
-    rows = table.to_list()
-    return validate_rows(_parse_nums_text(rows) if suffix == ".csv" else rows)
+        rows = table.select(range(min(num_tasks, len(table)))).to_list() if num_tasks else table.to_list()
+    return validate_rows(rows[:num_tasks] if num_tasks is not None else rows)
+
+
+def _looks_like_path(source: str) -> bool:
+    """A local file name rather than a hub id ("owner/name"): it exists, starts like a path, or has a file type
+    without an owner ("data.txt")."""
+    return (Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+            or ("/" not in source and Path(source).suffix != ""))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a local file with each value's own type (a table reader would turn a whole column into floats
+    for one float, hiding the row). CSV holds only text: `nums` is parsed as a list literal and whole-number
+    text in `target`/`num_solutions` is read as an integer."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return load_jsonl(path)
+    if suffix == ".json":
+        text = path.read_text()
+        try:
+            rows = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError:
+            return load_jsonl(path)  # JSON lines under a .json name
+        if not isinstance(rows, list):
+            raise ValueError(f"{path} must hold a list of task objects (or one object per line)")
+        return rows
+    if suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            for name in ("target", "num_solutions"):
+                if isinstance(row.get(name), str) and row[name].strip().isdigit():
+                    row[name] = int(row[name])
+            if row.get("solution") == "":
+                row["solution"] = None
+        return _parse_nums_text(rows)
+    import datasets  # parquet: typed columns
+
+    return datasets.load_dataset("parquet", data_files=str(path), split="train").to_list()
 
 
 def task_key(row: dict) -> tuple[tuple[int, ...], int]:

@@ -77,12 +77,18 @@ def _attach_adapter(base: torch.nn.Module, path: Path, base_name: str | None) ->
         raise ValueError(f"{path / ADAPTER_FILES[0]} is not valid JSON ({err.msg}): expected {EXPECTED_ADAPTER}") from err
     mismatch = (f"adapter {str(path)!r} does not fit the base model {_describe_base(base, base_name)}"
                 + (f" (the adapter was trained on {trained_on!r})" if trained_on else ""))
+    weights = path / ADAPTER_FILES[1]
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            saved = set(f.keys())
+    except Exception as err:  # safetensors checks the header against the file size: a cut-off copy fails here
+        raise ValueError(f"adapter weights {str(weights)!r} cannot be read ({str(err).strip()[:120]}): the file is "
+                         f"truncated or not a safetensors file; save the adapter again or pass a whole adapter "
+                         f"folder") from err
     try:
         model = PeftModel.from_pretrained(base, path)
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, no matching target modules, ...
         raise ValueError(f"{mismatch}: {str(err).strip().splitlines()[0]}") from err
-    with safe_open(str(path / ADAPTER_FILES[1]), framework="pt") as f:
-        saved = set(f.keys())
     expected = set(get_peft_model_state_dict(model).keys())
     if saved != expected:
         raise ValueError(f"{mismatch}: {len(expected - saved)} adapter weights of this base are missing from the "

@@ -11,9 +11,15 @@ per-completion lists (`nums=[[..], ..]`, `target=[..]`) and unknown kwargs (`pro
 from __future__ import annotations
 
 import ast
+import math
+import numbers
 import operator
 import re
-from dataclasses import dataclass
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
@@ -267,11 +273,82 @@ GROUNDED_WEIGHTS = {"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0}
 class RewardBreakdown:
     total: list[float]  # (N,) weighted sum per completion
     per_function: dict[str, list[float]]  # name -> (N,) unweighted reward of each function
+    seconds: dict[str, float] = field(default_factory=dict)  # name -> time the function took on this batch
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned something other than one finite number per completion. Reward
+    functions may be the user's own code: the message names the function, the step and what was wrong."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None, name: str, where: str):
+    """Interrupt a reward function that runs past `seconds` (SIGALRM: the main thread on Unix). Elsewhere the
+    limit is checked when the function returns."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise RewardError(f"reward function {name!r} ran past reward_time_limit={seconds} s{where}: make it "
+                          f"faster, or raise the limit")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _checked(name: str, scores: Any, n: int, where: str) -> list[float]:
+    """One finite number per completion, as floats; anything else is a RewardError naming what is wrong."""
+    try:
+        values = list(scores)
+    except TypeError:
+        raise RewardError(f"reward function {name!r} returned {type(scores).__name__} {scores!r}{where}: return a "
+                          f"list with one number per completion") from None
+    if len(values) != n:
+        raise RewardError(f"reward function {name!r} returned {len(values)} scores for {n} completions{where}: "
+                          f"return exactly one number per completion")
+    for i, value in enumerate(values):
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise RewardError(f"reward function {name!r} returned {value!r} ({type(value).__name__}) for completion "
+                              f"{i}{where}: every score must be a number")
+        if not math.isfinite(value):
+            raise RewardError(f"reward function {name!r} returned {value} for completion {i}{where}: every score "
+                              f"must be finite")
+        values[i] = float(value)
+    return values
+
+
+def call_reward(name: str, completions: list[str], *, nums: list[list[int]], target: list[int],
+                step: int | None = None, time_limit: float | None = None) -> tuple[list[float], float]:
+    """Run one registered reward function on a batch, checked: (scores, seconds it took)."""
+    where = "" if step is None else f" at step {step}"
+    start = time.perf_counter()
+    try:
+        with _time_limit(time_limit, name, where):
+            scores = REWARD_FUNCTIONS[name](completions, nums=nums, target=target)
+    except RewardError:
+        raise
+    except Exception as error:
+        raise RewardError(f"reward function {name!r} raised {type(error).__name__}: {error}{where}") from error
+    seconds = time.perf_counter() - start
+    if time_limit and seconds > time_limit:
+        raise RewardError(f"reward function {name!r} took {seconds:.1f} s, past reward_time_limit={time_limit} s"
+                          f"{where}: make it faster, or raise the limit")
+    return _checked(name, scores, len(completions), where), seconds
 
 
 def score_completions(completions: list[str], *, nums: list[list[int]], target: list[int],
-                      weights: dict[str, float]) -> RewardBreakdown:
-    """Every weighted reward function on a batch, plus the weighted total (what GRPO turns into advantages)."""
+                      weights: dict[str, float], step: int | None = None,
+                      time_limit: float | None = None) -> RewardBreakdown:
+    """Every weighted reward function on a batch (each output checked), plus the weighted total (what GRPO turns
+    into advantages) and the time each function took."""
     if not weights:
         raise ValueError(f"weights is empty: name at least one of {', '.join(map(repr, REWARD_FUNCTIONS))}")
     for name, weight in weights.items():
@@ -279,9 +356,12 @@ def score_completions(completions: list[str], *, nums: list[list[int]], target: 
             raise ValueError(f"unknown reward function {name!r}: choose from {', '.join(map(repr, REWARD_FUNCTIONS))}")
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise ValueError(f"weight of {name!r} is {weight!r}: it must be a number")
-    per_function = {name: REWARD_FUNCTIONS[name](completions, nums=nums, target=target) for name in weights}
+    per_function, seconds = {}, {}
+    for name in weights:
+        per_function[name], seconds[name] = call_reward(name, completions, nums=nums, target=target, step=step,
+                                                        time_limit=time_limit)
     total = [sum(weights[name] * per_function[name][i] for name in weights) for i in range(len(completions))]
-    return RewardBreakdown(total=total, per_function=per_function)
+    return RewardBreakdown(total=total, per_function=per_function, seconds=seconds)
 
 
 def zero_std_fraction(totals: Sequence[float], group_size: int) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import difflib
 import json
 import sys
 import time
@@ -40,6 +41,20 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
     import papermill
 
     return {name: info["default"] for name, info in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def check_parameter_names(names: dict[str, str], notebooks: list[Path]) -> None:
+    """Every name (-> where it came from) must be declared by some chapter: a typo is refused with the close
+    match, never dropped while the run goes on with the default."""
+    declared = set().union(*(declared_parameters(nb) for nb in notebooks)) | {"run_dir", "output_dir"}
+    unknown = [name for name in names if name not in declared]
+    if unknown:
+        lines = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(declared), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"unknown parameter {name!r} ({names[name]}): no chapter declares it{hint}")
+        raise SystemExit("\n".join(lines) + f"\nparameters the chapters declare: {', '.join(sorted(declared))}")
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -180,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="override one parameter (the value is parsed as YAML)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    params.update({name: yaml.safe_load(value) for name, value in args.p})
+    overrides = {name: yaml.safe_load(value) for name, value in args.p}
+    check_parameter_names({**{name: args.params for name in params}, **{name: "-p" for name in overrides}},
+                          chapter_notebooks())
+    params.update(overrides)
     out_dir = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     start = time.perf_counter()
     records = run(params, out_dir=out_dir, only=args.only)

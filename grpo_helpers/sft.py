@@ -25,12 +25,13 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from grpo_helpers.checkpoint import (list_checkpoints, load_adapter_weights, rng_state, seed_everything,
+from grpo_helpers.checkpoint import (newest_checkpoint, load_adapter_weights, rng_state, seed_everything,
                                      set_rng_state, write_checkpoint)
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, render_prompts, tokenize_prompts
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
+from grpo_helpers.run_folder import RunLock, json_line
 from grpo_helpers.traces import make_traces
 
 WARMUP_STEPS = 10
@@ -142,10 +143,9 @@ class ColdStart:
 
     def resume(self) -> bool:
         """Continue from the newest complete cold-start checkpoint; False when there is none."""
-        checkpoints = list_checkpoints(self.output_dir)
-        if not checkpoints:
+        path = newest_checkpoint(self.output_dir)
+        if path is None:
             return False
-        path = checkpoints[-1]
         load_adapter_weights(self.unwrapped_model, path / "model", self.accelerator.device)
         state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -162,13 +162,13 @@ class ColdStart:
     def _rewrite_metrics(self) -> None:
         if self.accelerator.is_main_process:
             tmp = self.metrics_path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+            tmp.write_text("".join(json_line(row) + "\n" for row in self.history))
             tmp.replace(self.metrics_path)
 
     def _append(self, row: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             with self.metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json_line(row) + "\n")
 
     # ------------------------------------------------------------------ the loop
     def train_step(self) -> dict[str, Any]:
@@ -191,6 +191,14 @@ class ColdStart:
 
     def train(self) -> Path:
         """Run the remaining steps (none if a finished cold start is resumed) and save the adapter."""
+        lock = RunLock(self.output_dir) if self.accelerator.is_main_process else None
+        try:
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> Path:
         cfg = self.config.cold_start
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,17 @@ combination that works, then the answer:
 
      9 + 4 = 13, then 2 13: no.
     9 * 4 = 36, then 2 36.
-    36 and 2: 38 (+), 34 (-), 72 (*), 18 (/). Yes.
+    36 + 2 = 38, not 18.
+    36 - 2 = 34, not 18.
+    36 * 2 = 72, not 18.
+    36 / 2 = 18. Found it.
     </think>
     <answer>(9 * 4) / 2</answer>
 
+The last two numbers are tried one operation per line (+, -, *, / in that order), each result compared with
+the target right where it is written, stopping at the one that hits: the answer then copies the line just
+above it. (An earlier layout listed all results on one line, "36 and 2: 38 (+), 34 (-), 72 (*), 18 (/). Yes.",
+and the cold-started model often computed the right result and then answered with the wrong operation.)
 Every claim in a trace is computed. Only whole non-negative intermediate values are used (so the words stay
 simple): a dead end's "no" means no way on from there with such steps (the game also allows fractions, which the
 traces never use). Each trace is kept only when the reward functions give it format 1 and equation 1.
@@ -81,19 +88,22 @@ def _pairs(items: tuple[Item, ...]) -> list[tuple[int, int]]:
     return [(i, j) for i in range(len(items)) for j in range(i + 1, len(items))]
 
 
-def _last_step_line(a: Item, b: Item, target: int) -> tuple[str, Item | None]:
-    """'A and B: r1, r2, r3.' with the results of every operation; the one hitting the target if any."""
-    moves = _moves(a, b)
-    hit = next((made for _, made, _ in moves if made.value == target), None)
-    results = ", ".join(f"{made.value} ({op})" for op, made, _ in moves)
-    return f"{max(a.value, b.value)} and {min(a.value, b.value)}: {results}.", hit
+def _last_step_lines(a: Item, b: Item, target: int) -> tuple[list[str], Item | None]:
+    """One line per operation on the last two numbers, each checked against the target, up to the one that hits
+    it; that item, or None (every line then says "not")."""
+    lines = []
+    for _, made, words in _moves(a, b):
+        if made.value == target:
+            return lines + [f"{words}. Found it."], made
+        lines.append(f"{words}, not {target}.")
+    return lines, None
 
 
 def _search(items: tuple[Item, ...], target: int, rng: random.Random, lines: list[str]) -> Item | None:
     """Write the search for target over items into lines; returns the final item (always found when solvable)."""
     if len(items) == 2:
-        line, hit = _last_step_line(items[0], items[1], target)
-        lines.append(line + (" Yes." if hit else " No."))
+        checks, hit = _last_step_lines(items[0], items[1], target)
+        lines.extend(checks)
         return hit
     memo: dict = {}
     good, dead = [], []

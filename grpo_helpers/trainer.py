@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.trainer_utils import enable_full_determinism
 
-from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, load_adapter_weights, rng_state, seed_everything,
-                                      set_rng_state, write_checkpoint)
+from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, newest_checkpoint, load_adapter_weights,
+                                     rng_state, seed_everything, set_rng_state, write_checkpoint)
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import TierSampler, load_split, make_sampler, render_prompts
 from grpo_helpers.inference import evaluate_tiers, tier_metrics
@@ -35,6 +35,7 @@ from grpo_helpers.models import load_from_config, release_freed_memory
 from grpo_helpers.monitor import hack_signals, hack_warning
 from grpo_helpers.rewards import RewardBreakdown, equation_reward, score_completions
 from grpo_helpers.rollout import Rollout, generate_groups, sampling_mode, select_groups
+from grpo_helpers.run_folder import RunFolderError, RunLock, json_line, prepare_fresh_run
 
 class Callback:
     """Extension point (minGPT style): subclass and override what you need; the dashboard is one of these."""
@@ -155,7 +156,7 @@ class GRPOTrainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             for row in rows:
-                f.write(json.dumps(row) + "\n")
+                f.write(json_line(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -200,10 +201,9 @@ class GRPOTrainer:
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in output_dir; False when there is none."""
-        checkpoints = list_checkpoints(self.output_dir)
-        if not checkpoints:
+        path = newest_checkpoint(self.output_dir)
+        if path is None:
             return False
-        path = checkpoints[-1]
         unwrapped = self.unwrapped_model
         if self.is_lora:
             load_adapter_weights(unwrapped, path / "model", self.accelerator.device)
@@ -262,7 +262,8 @@ class GRPOTrainer:
                                       cuda_graph=cfg.rollout.cuda_graph)
         nums = [t["nums"] for t in tasks for _ in range(G)]
         target = [t["target"] for t in tasks for _ in range(G)]
-        return rollout, score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights)
+        return rollout, score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights,
+                                          step=self.step + 1, time_limit=cfg.rewards.reward_time_limit)
 
     def _dynamic_sampling(self, tasks: list[dict], rollout: Rollout, scores: RewardBreakdown):
         """DAPO's dynamic sampling: a group whose rewards are all equal has zero advantages and teaches nothing, so
@@ -300,7 +301,8 @@ class GRPOTrainer:
         per_function = {name: kept(lambda breakdown: breakdown.per_function[name]) for name in scores.per_function}
         after = sum(not informative(*p) for p in picks) / len(picks)
         stats = {"dynamic/zero_std_before": before, "dynamic/zero_std_after": after, "dynamic/extra_prompts": extra}
-        return tasks, rollout, RewardBreakdown(total=total, per_function=per_function), stats
+        seconds = {name: sum(entry[2].seconds.get(name, 0.0) for entry in pool) for name in scores.seconds}
+        return tasks, rollout, RewardBreakdown(total=total, per_function=per_function, seconds=seconds), stats
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
@@ -329,7 +331,9 @@ class GRPOTrainer:
             t2 = time.perf_counter()
             if cfg.loss.num_iterations > 1:  # the ratio is taken to the policy that sampled the batch
                 batch.old_logps = self._logps(model, batch)
-        timing = {"time/generation": t1 - t0, "time/reference": t2 - t1}
+        reward_seconds = sum(scores.seconds.values())
+        timing = {"time/generation": t1 - t0 - reward_seconds, "time/reference": t2 - t1,
+                  **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
         return batch, timing
 
     def _tokens_in_window(self, batches: list[Batch]) -> int:
@@ -467,12 +471,12 @@ class GRPOTrainer:
         """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window."""
         cfg = self.config
         start = time.perf_counter()
-        batches, timing = [], {"time/generation": 0.0, "time/reference": 0.0}
+        batches, timing = [], {}
         for _ in range(cfg.train.grad_accum_steps):
             batch, t = self.make_batch()
             batches.append(batch)
-            for key in timing:
-                timing[key] += t[key]
+            for key, value in t.items():
+                timing[key] = timing.get(key, 0.0) + value
         release_freed_memory()  # sampling's leftovers, before the train pass allocates
         t_train = time.perf_counter()
         stats = self.optimize(batches)
@@ -567,7 +571,35 @@ class GRPOTrainer:
             cb.on_eval(self, metrics)
 
     # ------------------------------------------------------------------ the loop
+    def _claim_folder(self) -> RunLock | None:
+        """The main process locks output_dir (one live run per folder) and, for a fresh run, refuses a folder that
+        holds another run unless overwrite=True; every rank raises the same error, so none waits on the others."""
+        lock, error = None, None
+        if self.accelerator.is_main_process:
+            try:
+                lock = RunLock(self.output_dir)
+                if self.step == 0 and not self.history:  # a fresh run (not a resumed one, not a second train())
+                    prepare_fresh_run(self.output_dir, overwrite=self.config.train.overwrite)
+            except RunFolderError as caught:
+                error = str(caught)
+                if lock is not None:
+                    lock.release()
+        if self.world_size > 1:
+            error = broadcast_object_list([error])[0]
+        if error:
+            raise RunFolderError(error)
+        return lock
+
     def train(self) -> list[dict[str, Any]]:
+        """Train up to max_steps (from where a resume left off), holding output_dir's lock meanwhile."""
+        lock = self._claim_folder()
+        try:
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> list[dict[str, Any]]:
         cfg = self.config
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def sft_config(tmp_path, **overrides):
 
 
 def test_trace_batch_targets_exactly_the_completion_and_eos(tokenizer):
-    rows = [{**TASKS[0], "completion": " 3 and 4: 7 (+). Yes.\n</think>\n<answer>3 + 4</answer>"},
+    rows = [{**TASKS[0], "completion": " 4 + 3 = 7. Found it.\n</think>\n<answer>3 + 4</answer>"},
             {**TASKS[70], "completion": " x"}]
     ids, mask, completion_mask = trace_batch(tokenizer, rows)
     C = completion_mask.shape[1]

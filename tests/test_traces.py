@@ -14,8 +14,7 @@ from grpo_helpers.traces import make_trace, make_traces
 
 TIERS = ("2x20", "3x20", "3x99", "4x99")
 STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+), then ((?:\d+ )*\d+)(: no)?\.$")
-LAST = re.compile(r"^(\d+) and (\d+): ((?:\d+ \([-+*/]\), )*\d+ \([-+*/]\))\. (Yes|No)\.$")
-RESULT = re.compile(r"(\d+) \(([-+*/])\)")
+CHECK = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)(?:, not (\d+)|\. (Found it))\.$")
 TAIL = re.compile(r"\n</think>\n<answer>([^<>]*)</answer>$")
 
 
@@ -56,15 +55,16 @@ def whole_solvable(values: tuple[int, ...], target: int, memo: dict | None = Non
 
 
 def check_trace(completion: str, nums: list[int], target: int) -> None:
-    """Replays the trace: every step's arithmetic, the numbers left after it, every 'no.' and the last line."""
+    """Replays the trace: every step's arithmetic, the numbers left after it, every 'no.', and the checks of the
+    last two numbers (every operation in order, each compared with the target, up to the one that hits it)."""
     tail = TAIL.search(completion)
     assert tail, f"trace does not end with </think> and an answer block: {completion!r}"
     assert completion.startswith(" "), "the trace continues the prompt's '<think>' after a space"
     lines = completion[1:tail.start()].split("\n")
     state = Counter(nums)
-    for line in lines[:-1]:
+    while lines and STEP.match(lines[0]):
+        line = lines.pop(0)
         m = STEP.match(line)
-        assert m, f"unexpected step line {line!r} in {completion!r}"
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
         assert a >= b, f"larger operand first: {line!r}"
         assert whole_results(a, b).get(op) == c, f"false arithmetic: {line!r}"
@@ -77,14 +77,21 @@ def check_trace(completion: str, nums: list[int], target: int) -> None:
         else:
             assert solvable, f"{line!r} is taken, but {sorted(left.elements())} cannot make {target}"
             state = left
-    m = LAST.match(lines[-1])
-    assert m, f"unexpected last line {lines[-1]!r} in {completion!r}"
-    a, b = int(m[1]), int(m[2])
-    assert a >= b and state == Counter([a, b]), f"last line {lines[-1]!r} is not about the table {dict(state)}"
-    results = {op: int(v) for v, op in RESULT.findall(m[3])}
-    assert len(RESULT.findall(m[3])) == len(results), f"an operation listed twice: {lines[-1]!r}"
-    assert results == whole_results(a, b), f"false or missing results: {lines[-1]!r}"
-    assert target in results.values() and m[4] == "Yes", f"last line misses the target {target}: {lines[-1]!r}"
+    checks = [CHECK.match(line) for line in lines]
+    assert lines and all(checks), f"unexpected check lines {lines!r} in {completion!r}"
+    a, b = int(checks[0][1]), int(checks[0][3])
+    assert a >= b and state == Counter([a, b]), f"the checks {lines!r} are not about the table {dict(state)}"
+    results = whole_results(a, b)
+    ops = list(results)
+    first_hit = next(i for i, op in enumerate(ops) if results[op] == target)
+    assert [m[2] for m in checks] == ops[:first_hit + 1], f"not every operation up to the hit, in order: {lines!r}"
+    for m in checks:
+        assert (int(m[1]), int(m[3])) == (a, b) and int(m[4]) == results[m[2]], f"false check {m[0]!r}"
+        if m[6]:
+            assert int(m[4]) == target, f"{m[0]!r} claims the target {target}"
+        else:
+            assert int(m[5]) == target and int(m[4]) != target, f"{m[0]!r} is not a check against {target}"
+    assert checks[-1][6], f"the last check must hit the target: {lines[-1]!r}"
     # the answer block holds an expression over exactly the task's numbers (equation_reward checks its value)
     assert sorted(map(int, re.findall(r"\d+", tail[1]))) == sorted(nums)
 
@@ -133,7 +140,7 @@ def test_trace_shape_for_a_known_task():
     assert trace.endswith("</think>\n<answer>" + trace.rsplit("<answer>", 1)[1])
     assert equation_reward([trace], nums=[[9, 4, 2]], target=[18]) == [1.0]
     two = make_trace([7, 3], 21, rng=random.Random(0))
-    assert two == " 7 and 3: 10 (+), 4 (-), 21 (*). Yes.\n</think>\n<answer>7 * 3</answer>"
+    assert two == " 7 + 3 = 10, not 21.\n7 - 3 = 4, not 21.\n7 * 3 = 21. Found it.\n</think>\n<answer>7 * 3</answer>"
 
 
 @pytest.mark.parametrize("nums,target", [
@@ -157,14 +164,16 @@ def test_make_traces_leaves_out_only_the_unsolvable_task():
 
 def test_the_replay_check_catches_false_claims():
     """The checker above is what makes these tests able to fail: a tampered trace is rejected."""
-    good = " 9 + 4 = 13, then 2 13: no.\n9 * 4 = 36, then 2 36.\n36 and 2: 38 (+), 34 (-), 72 (*), 18 (/). Yes." \
-           "\n</think>\n<answer>(9 * 4) / 2</answer>"
+    good = (" 9 + 4 = 13, then 2 13: no.\n9 * 4 = 36, then 2 36.\n36 + 2 = 38, not 18.\n36 - 2 = 34, not 18.\n"
+            "36 * 2 = 72, not 18.\n36 / 2 = 18. Found it.\n</think>\n<answer>(9 * 4) / 2</answer>")
     check_trace(good, [9, 4, 2], 18)
     for bad in (good.replace("9 + 4 = 13", "9 + 4 = 14").replace("2 13", "2 14"),  # false sum
                 good.replace("then 2 13: no.", "then 2 12: no."),  # wrong numbers left
                 good.replace("9 + 4 = 13, then 2 13: no.", "9 * 4 = 36, then 2 36: no."),  # a false no: 36 / 2 = 18
-                good.replace("18 (/)", "17 (/)"),  # false quotient, target missing
-                good.replace(", 18 (/)", ""),  # a result left out
+                good.replace("36 / 2 = 18", "36 / 2 = 17"),  # false quotient, target missing
+                good.replace("36 - 2 = 34, not 18.\n", ""),  # an operation skipped
+                good.replace("38, not 18", "38, not 19"),  # checked against the wrong target
+                good.replace("36 * 2 = 72, not 18.\n36 / 2 = 18. Found it.", "36 * 2 = 72. Found it."),  # false hit
                 good.replace("</answer>", "</answer> ")):  # not the exact ending
         with pytest.raises(AssertionError):
             check_trace(bad, [9, 4, 2], 18)

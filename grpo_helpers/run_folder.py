@@ -1,0 +1,137 @@
+"""One live run per folder, and no run silently mixed into another's files.
+
+A training folder holds one run's logs (metrics, completions, evaluations) and checkpoints. Two trainers writing
+to it at once, or a fresh run appending to an old run's logs, would leave files that describe no run at all (and a
+later resume would continue the wrong one). So a run takes a lock file naming its process, which a crashed run
+cannot leave stuck (a lock whose process is gone is taken over), and a fresh run into a folder that already holds a
+run is refused unless the user says to resume it or to overwrite it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from grpo_helpers.checkpoint import list_checkpoints
+
+LOCK_FILE = ".run.lock"
+LOG_FILES = ("metrics.jsonl", "completions.jsonl", "eval.jsonl")
+_HELD: set[Path] = set()  # lock files held by this process (a second trainer in one notebook is refused too)
+
+
+class RunFolderError(RuntimeError):
+    """The folder is in use by a live run, or holds a run that this one would overwrite or mix with."""
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One strict-JSON line: a non-finite number (which JSON cannot hold) is written as null."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(row), allow_nan=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # half-written or unreadable: treated as stale
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+
+class RunLock:
+    """The lock file of a live run: `release()` (or leaving the `with` block) removes it."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname()
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._check_stale(host)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            _HELD.add(self.path.resolve())
+            return
+        raise RunFolderError(f"could not take the lock {self.path}: another run keeps taking it")
+
+    def _check_stale(self, host: str) -> None:
+        """Raise if the lock's run is alive (or cannot be checked); else remove the stale lock."""
+        holder = _holder(self.path)
+        if holder is not None:
+            same_process = holder["pid"] == os.getpid() and holder.get("host") == host
+            if holder.get("host") != host:
+                raise RunFolderError(f"{self.path.parent} is locked by a run on host {holder.get('host')!r} (pid "
+                                     f"{holder['pid']}, since {holder.get('started')}), which cannot be checked from "
+                                     f"here: if that run is gone, delete {self.path}")
+            if (same_process and self.path.resolve() in _HELD) or (not same_process and _alive(holder["pid"])):
+                raise RunFolderError(f"{self.path.parent} is in use by another run (pid {holder['pid']} on {host}, "
+                                     f"since {holder.get('started')}): wait for it to finish, or choose another "
+                                     f"output_dir")
+        self.path.unlink(missing_ok=True)  # its process is gone: a crashed run does not block the folder
+
+    def release(self) -> None:
+        if self.path.resolve() in _HELD:
+            _HELD.discard(self.path.resolve())
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def existing_run(folder: str | Path) -> str | None:
+    """What an earlier run left in the folder (logged steps, checkpoints), in words; None when nothing."""
+    folder = Path(folder)
+    found = []
+    metrics = folder / LOG_FILES[0]
+    if metrics.is_file():
+        steps = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+        if steps:
+            found.append(f"{steps} logged steps in {metrics.name}")
+    checkpoints = list_checkpoints(folder)
+    if checkpoints:
+        found.append(f"checkpoints up to {checkpoints[-1].name}")
+    return ", ".join(found) or None
+
+
+def prepare_fresh_run(folder: str | Path, *, overwrite: bool) -> None:
+    """Refuse a fresh run into a folder holding another run, unless overwrite: then that run's logs and
+    checkpoints are deleted (other files, such as a cold start's folder, stay)."""
+    folder = Path(folder)
+    found = existing_run(folder)
+    if found is None:
+        return
+    if not overwrite:
+        raise RunFolderError(f"{folder} already holds a run ({found}). Set resume=True to continue it, "
+                             f"overwrite=True to replace it, or choose another output_dir")
+    for name in LOG_FILES:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
