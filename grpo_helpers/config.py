@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from grpo_helpers.checks import require_choice, require_int
+
 
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message names the field, the value and the allowed ones."""
@@ -26,12 +28,11 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
-    _require(value in choices, name, value, f"choose one of {', '.join(map(repr, choices))}")
+    require_choice(name, value, choices, error=ConfigError)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    _require(ok, name, value, f"an integer >= {minimum}")
+    require_int(name, value, minimum, error=ConfigError)
 
 
 def _number_in(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
@@ -41,6 +42,8 @@ def _number_in(name: str, value: Any, low: float, high: float, *, low_open: bool
     _require(ok, name, value, f"a number in {bracket}{low}, {high}]")
 
 
+# every attention and MLP projection of a Llama/Qwen block (models.py uses the same list)
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -84,9 +87,7 @@ class ModelConfig:
     """LoRA scaling numerator (the update is scaled by alpha / r)"""
     lora_dropout: float = 0.05
     """dropout on the LoRA input during training (off while sampling)"""
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     """module names that receive a LoRA adapter"""
     gradient_checkpointing: bool = False
     """recompute activations in backward: less memory, about 30% more compute"""
@@ -434,6 +435,25 @@ def load_config(preset_or_path: str = "cpu", **overrides: Any) -> GRPOConfig:
     return config_from_dict(_merge(_merge({s: {} for s in SECTIONS}, base), overrides))
 
 
+def check_strategy(config: GRPOConfig, *, zero_stage: int | None) -> None:
+    """Settings the chosen distributed strategy cannot honour (zero_stage: DeepSpeed's ZeRO stage, None = no
+    DeepSpeed), refused before any model loads."""
+    if zero_stage is None:
+        return
+    if config.train.resume:
+        raise ConfigError("resume=True is not supported under DeepSpeed: checkpoints hold the adapter (or weights) "
+                          "but not DeepSpeed's sharded optimizer state; start a new run from the saved adapter")
+    if config.train.grad_accum_steps > 1 or config.train.prompts_per_pass < config.rollout.num_prompts:
+        # the DeepSpeed engine steps its optimizer inside every backward: exactly one backward per step here
+        raise ConfigError(f"under DeepSpeed one backward pass must make one optimizer step: set grad_accum_steps=1 "
+                          f"(got {config.train.grad_accum_steps}) and prompts_per_pass >= "
+                          f"num_prompts={config.rollout.num_prompts} (got {config.train.prompts_per_pass})")
+    if zero_stage == 3 and config.rollout.dynamic_sampling:
+        # ranks would sample different numbers of extra rollouts, each gathering the sharded weights
+        raise ConfigError(f"dynamic_sampling={config.rollout.dynamic_sampling} is not supported under DeepSpeed "
+                          f"ZeRO-3 yet: set dynamic_sampling=0 or use ZeRO-2/DDP")
+
+
 def describe(config: GRPOConfig) -> str:
     """One line per section, for notebook output and logs."""
     return "\n".join(f"{name:8s} {getattr(config, name)}" for name in SECTIONS)
@@ -441,5 +461,5 @@ def describe(config: GRPOConfig) -> str:
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "LossConfig", "TrainConfig", "ColdStartConfig",
-    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "describe",
+    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "check_strategy", "describe",
 ]

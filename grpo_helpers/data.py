@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import json
 import os
 import random
@@ -26,6 +27,8 @@ from fractions import Fraction
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Iterator
+
+from grpo_helpers.checks import require_int, require_task
 
 Value = int | Fraction  # exact value of a (sub)expression; integral values are kept as int for speed
 
@@ -78,11 +81,6 @@ def _check_sizes(sizes: Any) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed: an integer >= {minimum}")
-
-
 Tree = int | tuple  # a number, or (op, left, right)
 
 
@@ -115,10 +113,10 @@ def generate_countdown(n: int, *, sizes: tuple[int, ...] | list[int] = (3, 4), m
     """`n` solvable tasks, deterministic for `seed`. Per task: a size from `sizes`, then numbers from
     1..max_number (repeats allowed) and a random expression over them, drawn again until its value is an integer
     in 1..max_target; that value is the target. The prompt lists the numbers shuffled, not in the solution's order."""
-    _check_int("n", n, 1)
+    require_int("n", n, 1)
     sizes = _check_sizes(sizes)
-    _check_int("max_number", max_number, 1)
-    _check_int("max_target", max_target, 1)
+    require_int("max_number", max_number, 1)
+    require_int("max_target", max_target, 1)
     rng = random.Random(seed)
     rand = rng.random
     rows: list[dict] = []
@@ -179,14 +177,11 @@ def _partners(target: int, va: Value) -> list[tuple[Value, str, bool]]:
 
 
 def _check_task(nums: Any, target: Any) -> tuple[tuple[int, ...], int]:
-    if not isinstance(nums, (list, tuple)) or not nums or not all(
-            isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
-        raise ValueError(f"nums={str(nums)[:80]} is not allowed: a non-empty list of positive integers")
+    """A task the exhaustive search can finish: sorted numbers (at most MAX_SOLVER_NUMBERS) and the target."""
+    nums, target = require_task(nums, target)
     if len(nums) > MAX_SOLVER_NUMBERS:  # the search grows super-exponentially: refuse instead of never returning
         raise ValueError(f"{len(nums)} numbers is too many to solve: the game has at most {MAX_SOLVER_NUMBERS}")
-    if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
-        raise ValueError(f"target={target!r} is not allowed: a positive integer")
-    return tuple(sorted(int(x) for x in nums)), int(target)
+    return tuple(sorted(nums)), target
 
 
 def solve(nums: list[int] | tuple[int, ...], target: int) -> str | None:
@@ -288,15 +283,11 @@ def validate_rows(rows: Any) -> list[dict]:
         for name in ("nums", "target"):
             if name not in row:
                 raise ValueError(f"row {i}: missing field {name!r} (row has {sorted(row)})")
-        nums, target, solution = row["nums"], row["target"], row.get("solution")
-        if not isinstance(nums, (list, tuple)) or not nums or not all(
-                isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
-            raise ValueError(f"row {i}: field 'nums'={nums!r} is not allowed: a non-empty list of positive integers")
-        if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
-            raise ValueError(f"row {i}: field 'target'={target!r} is not allowed: a positive integer")
+        nums, target = require_task(row["nums"], row["target"], row=i)
+        solution = row.get("solution")
         if solution is not None and not isinstance(solution, str):
             raise ValueError(f"row {i}: field 'solution'={solution!r} is not allowed: a string or None")
-        clean_row = {"nums": [int(x) for x in nums], "target": int(target), "solution": solution}
+        clean_row = {"nums": nums, "target": target, "solution": solution}
         for name, kind in (("tier", str), ("num_solutions", Integral)):  # difficulty, when the row carries it
             if row.get(name) is not None:
                 if not isinstance(row[name], kind) or isinstance(row[name], bool):
@@ -333,7 +324,7 @@ def parse_tier(name: str) -> tuple[int, int]:
 def generate_tiers(n: int, *, tiers: list[str] | tuple[str, ...], seed: int = 42) -> list[dict]:
     """`n` solvable tasks split evenly over difficulty tiers ("NxM": N numbers, each <= M), tier after tier.
     Each row also carries its difficulty: `tier` and `num_solutions` (count_solutions: 1 = a single way)."""
-    _check_int("n", n, len(tiers) or 1)
+    require_int("n", n, len(tiers) or 1)
     rows: list[dict] = []
     for index, name in enumerate(tiers):
         size, largest = parse_tier(name)
@@ -350,7 +341,7 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
     sizes/max_number), a .jsonl/.json/.parquet/.csv file, or a hub dataset id (needs network). `num_tasks` keeps
     the first N rows of a file or hub set."""
     if num_tasks is not None:
-        _check_int("num_tasks", num_tasks, 1)
+        require_int("num_tasks", num_tasks, 1)
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"source={source!r} is not allowed: 'generated', a .jsonl/.json/.parquet/.csv path or a hub id")
     if source == "generated" and tiers:
@@ -433,7 +424,7 @@ def train_test_split(rows: list[dict], *, test_size: int, seed: int = 42) -> tup
     Rows with a `tier` are split tier by tier (test_size shared evenly), so every tier has its own held-out set.
     Test tasks are distinct games, and training rows that are the same game as a test row (`task_key`) are
     dropped, so no test task is ever trained on: len(rows) - len(train) - len(test) says how many."""
-    _check_int("test_size", test_size, 1)
+    require_int("test_size", test_size, 1)
     if test_size >= len(rows):
         raise ValueError(f"test_size={test_size} is not allowed: it must be smaller than the {len(rows)} rows "
                          f"(the rest is the training split)")
@@ -458,6 +449,18 @@ def train_test_split(rows: list[dict], *, test_size: int, seed: int = 42) -> tup
             cut = len(order)
         train += [tier_rows[i] for i in order[cut:]]
     return [row for row in train if task_key(row) not in held_out], test
+
+
+def split_record(train: list[dict], test: list[dict]) -> dict[str, Any]:
+    """What a run trained and evaluated on, whatever its config says (a split may be passed in): task counts per
+    tier and a SHA-256 of both task lists, in order, so two runs can be checked to have used the same split."""
+    digest = hashlib.sha256()
+    for name, rows in (("train", train), ("test", test)):
+        for row in rows:
+            digest.update(json.dumps([name, list(row["nums"]), row["target"]]).encode())
+    return {"train_tasks": len(train), "test_tasks": len(test),
+            "train_tiers": dict(Counter(r.get("tier") or "all" for r in train)),
+            "test_tiers": dict(Counter(r.get("tier") or "all" for r in test)), "sha256": digest.hexdigest()}
 
 
 def load_split(data_config, *, seed: int) -> tuple[list[dict], list[dict]]:  # data_config: config.DataConfig
@@ -553,8 +556,8 @@ class PromptSampler:
     not fill a whole step are skipped for that epoch (the next permutation is different)."""
 
     def __init__(self, rows: list[dict], *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        _check_int("batch_size", batch_size, 1)
-        _check_int("world_size", world_size, 1)
+        require_int("batch_size", batch_size, 1)
+        require_int("world_size", world_size, 1)
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank!r} is not allowed: an integer in 0..{world_size - 1} (world_size={world_size})")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -627,7 +630,7 @@ class TierSampler:
                  curriculum: str = "uniform", max_steps: int = 1):
         if curriculum not in ("uniform", "linear", "success"):
             raise ValueError(f"curriculum={curriculum!r} is not allowed: choose 'uniform', 'linear' or 'success'")
-        _check_int("max_steps", max_steps, 1)
+        require_int("max_steps", max_steps, 1)
         self.tiers = list(dict.fromkeys(row.get("tier") for row in rows))
         if None in self.tiers:
             raise ValueError("every row needs a 'tier' for a curriculum (rows from generate_tiers carry one)")
@@ -697,7 +700,7 @@ def dataset_stats(rows: list[dict], tokenizer=None, *, sample_size: int = 1000, 
                   progress: bool = False) -> dict:
     """Numbers for the dataset plots: every target and task size; the difficulty (count_solutions) and prompt
     token length on a random sample of `sample_size` rows (the solver costs ~ms per 4-number task)."""
-    _check_int("sample_size", sample_size, 1)
+    require_int("sample_size", sample_size, 1)
     sample = rows if len(rows) <= sample_size else random.Random(seed).sample(rows, sample_size)
     if progress:
         from tqdm.auto import tqdm

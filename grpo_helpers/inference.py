@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from grpo_helpers.checks import require_int, require_task
 from grpo_helpers.data import render_prompt, render_prompts, validate_rows
 from grpo_helpers.models import load_model_and_tokenizer, load_tokenizer
 from grpo_helpers.monitor import hack_signals
@@ -147,11 +148,6 @@ def merge_and_save(model: torch.nn.Module, tokenizer, path: str | Path) -> Path:
 # One task
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
-
-
 def _check_sampling(temperature: Any, greedy: bool) -> None:
     ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
     if not greedy and not ok:
@@ -166,12 +162,7 @@ def _generator(model: torch.nn.Module, seed: int) -> torch.Generator:
 
 def check_task(nums: Any, target: Any) -> tuple[list[int], int]:
     """Clean (nums, target) for a user-given task, or a ValueError naming the bad value."""
-    if not isinstance(nums, (list, tuple)) or not nums or not all(
-            isinstance(x, Integral) and not isinstance(x, bool) and x > 0 for x in nums):
-        raise ValueError(f"nums={nums!r} is not allowed: a non-empty list of positive integers, e.g. [3, 5, 7]")
-    if not isinstance(target, Integral) or isinstance(target, bool) or target <= 0:
-        raise ValueError(f"target={target!r} is not allowed: a positive integer")
-    return [int(x) for x in nums], int(target)
+    return require_task(nums, target)
 
 
 def solve_task(model: torch.nn.Module, tokenizer, nums: Sequence[int], target: int, *, max_new_tokens: int = 256,
@@ -180,7 +171,7 @@ def solve_task(model: torch.nn.Module, tokenizer, nums: Sequence[int], target: i
 
     `value` is the exact value of the answer (safe evaluator, never eval), so a wrong answer shows how far off it is."""
     nums, target = check_task(nums, target)
-    _check_positive_int("max_new_tokens", max_new_tokens)
+    require_int("max_new_tokens", max_new_tokens)
     _check_sampling(temperature, greedy)
     task = {"nums": nums, "target": target}
     rollout = generate_groups(model, tokenizer, [render_prompt(tokenizer, task)], group_size=1,
@@ -313,7 +304,7 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1
     if not tasks:
         raise ValueError("tasks is empty: evaluate at least one task")
     for name, value in (("k", k), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
-        _check_positive_int(name, value)
+        require_int(name, value)
     if greedy and k > 1:
         raise ValueError(f"greedy=True with k={k} is not allowed: greedy samples of a task are identical, so "
                          f"pass@k would equal accuracy; use k=1 for greedy, or greedy=False to sample k")
@@ -340,7 +331,7 @@ def evaluate_tiers(model: torch.nn.Module, tokenizer, tasks: list[dict], *, per_
                    **settings: Any) -> dict[str, EvalResult]:
     """`evaluate` on the first `per_tier` tasks of each tier (in the tasks' order), tier by tier; tasks without a
     tier form one set named "all". Per-tier results keep an easy tier's gains from hiding a hard tier's losses."""
-    _check_positive_int("per_tier", per_tier)
+    require_int("per_tier", per_tier)
     by_tier: dict[str, list[dict]] = {}
     for task in tasks:
         by_tier.setdefault(task.get("tier") or "all", []).append(task)

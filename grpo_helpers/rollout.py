@@ -8,6 +8,7 @@ that its cost is visible: one forward of B*G new tokens per step.
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from transformers import (Cache, DynamicCache, LogitsProcessorList, StaticCache,
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.cache_utils import StaticLayer
 
+from grpo_helpers.data import tokenize_prompts
 from grpo_helpers.loss import position_ids_from_mask  # the loss scores with the same positions
 from grpo_helpers.models import bf16_is_fast, release_freed_memory
 
@@ -122,8 +124,8 @@ class _FixedShapeDecoder:
     """The same decode step with every input at a fixed address and shape, so that a GPU can replay it as a graph.
 
     A decode step is a few hundred small kernels (norms, projections, attention, per layer); on a GPU launching them
-    costs far more than their arithmetic: 37.5 ms per step for a Qwen2.5-3B shape at 48 rows on an H100, where
-    reading the weights takes ~2 ms. Recorded once per rollout as a CUDA graph, a step is then one launch. The
+    costs far more than their arithmetic (measured in bench/RESULTS.md, GPU section). Recorded once per rollout as a
+    CUDA graph, a step is then one launch. The
     inputs live in buffers updated in place: the token, the positions, and a 4D mask over the whole preallocated
     cache (True where a row may attend), which is what transformers' SDPA attention takes. The cache writes
     each step's keys at its own position counter, also inside the graph. Without `capture` (on a CPU) the same
@@ -202,10 +204,12 @@ def lora_folded(model: torch.nn.Module) -> Iterator[None]:
     """Sample from W + scale * B @ A as one matrix per layer: a decode step then costs what the base model's does.
 
     With the adapter applied as an extra branch, each of the ~200 LoRA layers adds three small matmuls per decoded
-    token, about a quarter of the step on a CPU. The fold is done in place, with no copy of the weights (a copy
+    token, a large share of a CPU decode step. The fold is done in place, with no copy of the weights (a copy
     is 400 MB for the bundled model): on the way back the same delta is subtracted, which gives back the original
     bits for nearly every entry, and the few entries where rounding does not (checked while folding) are put back
-    from a small saved list; a checksum then proves the weights are the originals, bit for bit. No-op for models
+    from a small saved list. A per-layer checksum of the bits (a sum: it detects a change such as a LoRA weight
+    edited while folded, though in principle two changes could cancel) is compared afterwards; if the body raised,
+    its exception is kept and the failed check is added to it as a note. No-op for models
     without LoRA layers and for DeepSpeed ZeRO-3 weights (its per-layer hooks re-partition weights during the
     forward: nothing to fold).
     """
@@ -232,14 +236,20 @@ def lora_folded(model: torch.nn.Module) -> Iterator[None]:
         with model.disable_adapter():
             yield
     finally:
-        with torch.no_grad():
+        changed = 0
+        with torch.no_grad():  # every layer is unfolded before anything is reported
             for layer, misses, originals, checksum in folded_layers:
                 weight = layer.get_base_layer().weight.data
                 weight.sub_(_lora_delta(layer))
                 weight.view(-1)[misses] = originals
-                if _bits(weight).sum(dtype=torch.int64) != checksum:
-                    raise RuntimeError("lora_folded: a base weight did not come back bit for bit after sampling "
-                                       "(the LoRA delta changed while folded?); the run must not continue")
+                changed += int(_bits(weight).sum(dtype=torch.int64) != checksum)
+        message = (f"lora_folded: {changed} base weight matrices did not come back bit for bit after sampling (the "
+                   f"LoRA delta changed while folded?); the run must not continue")
+        in_flight = sys.exc_info()[1]
+        if changed and in_flight is not None:
+            in_flight.add_note(message)  # never hide the error that is already on its way
+    if changed:
+        raise RuntimeError(message)
 
 
 @contextmanager
@@ -262,9 +272,9 @@ def _onednn_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def onednn_decode_linears(model: torch.nn.Module) -> Iterator[None]:
     """Run the model's fp32 CPU linear layers through oneDNN while decoding; restored afterwards.
 
-    A decode step multiplies a few rows (B*G tokens) by every weight matrix. For so few rows MKL's sgemm, which
-    `F.linear` uses, reaches ~40 GFLOP/s here against ~60 for oneDNN's kernel (PyTorch's own op, the one
-    torch.compile emits for CPU linears), and on the 49k-row LM head it is 2.7x slower. Same products up to
+    A decode step multiplies a few rows (B*G tokens) by every weight matrix. For so few rows oneDNN's kernel
+    (PyTorch's own op, the one torch.compile emits for CPU linears) is faster than MKL's sgemm, which `F.linear`
+    uses, most of all on the 49k-row LM head (bench/RESULTS.md, "Why the speed tricks"). Same products up to
     float rounding. No-op where oneDNN is missing, off the CPU, for non-fp32 weights, and with autograd on.
     """
     usable = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -284,7 +294,7 @@ def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None)
     """One token per row of probs (N, V), by inverting the cumulative distribution at one uniform draw per row.
 
     Same distribution as torch.multinomial, which on a CPU draws an exponential variate per vocabulary entry
-    (49k per row, ~10 ms a decode step here); this draws one number per row. A token of probability 0 is never
+    (49k per row); this draws one number per row. A token of probability 0 is never
     picked: the first index whose cumulative sum exceeds the draw always added mass. That needs a sequential,
     exactly non-decreasing cumsum, which parallel GPU scans do not promise, so other devices use multinomial.
     """
@@ -338,7 +348,7 @@ def generate_groups(
     warpers = _warpers(temperature, top_k, top_p)
     start = time.perf_counter()
 
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    enc = tokenize_prompts(tokenizer, prompts).to(device)  # left-padded whatever the tokenizer's padding_side
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
     fast_linears = nullcontext() if use_bf16 else onednn_decode_linears(model)
     with sampling_mode(model), lora_folded(model), fast_linears, autocast:

@@ -26,8 +26,8 @@ from transformers.trainer_utils import enable_full_determinism
 
 from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, newest_checkpoint, load_adapter_weights,
                                      rng_state, seed_everything, set_rng_state, write_checkpoint)
-from grpo_helpers.config import ConfigError, GRPOConfig
-from grpo_helpers.data import TierSampler, load_split, make_sampler, render_prompts
+from grpo_helpers.config import GRPOConfig, check_strategy
+from grpo_helpers.data import TierSampler, load_split, make_sampler, render_prompts, split_record
 from grpo_helpers.inference import evaluate_tiers, tier_metrics
 from grpo_helpers.loss import (completion_logprobs, group_advantages, grouped_completion_logprobs,
                                grouped_logprobs_backward, grpo_loss)
@@ -76,20 +76,8 @@ class GRPOTrainer:
             gradient_accumulation_steps=1, log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
             project_dir=cfg.train.output_dir)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
-        if self.accelerator.state.deepspeed_plugin is not None and cfg.train.resume:
-            raise ConfigError("resume=True is not supported under DeepSpeed: checkpoints hold the adapter (or weights) "
-                              "but not DeepSpeed's sharded optimizer state; start a new run from the saved adapter")
-        if self.accelerator.state.deepspeed_plugin is not None and (
-                cfg.train.grad_accum_steps > 1 or cfg.train.prompts_per_pass < cfg.rollout.num_prompts):
-            # the DeepSpeed engine steps its optimizer inside every backward: exactly one backward per step here
-            raise ConfigError(f"under DeepSpeed one backward pass must make one optimizer step: set "
-                              f"grad_accum_steps=1 (got {cfg.train.grad_accum_steps}) and prompts_per_pass >= "
-                              f"num_prompts={cfg.rollout.num_prompts} (got {cfg.train.prompts_per_pass})")
         plugin = self.accelerator.state.deepspeed_plugin
-        if plugin is not None and plugin.zero_stage == 3 and cfg.rollout.dynamic_sampling:
-            # ranks would sample different numbers of extra rollouts, each gathering the sharded weights
-            raise ConfigError(f"dynamic_sampling={cfg.rollout.dynamic_sampling} is not supported under DeepSpeed "
-                              f"ZeRO-3 yet: set dynamic_sampling=0 or use ZeRO-2/DDP")
+        check_strategy(cfg, zero_stage=None if plugin is None else plugin.zero_stage)  # before anything loads
         self.output_dir = Path(cfg.train.output_dir)
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:  # cuBLAS, attention and scatter kernels otherwise vary run to run on a GPU
@@ -123,10 +111,11 @@ class GRPOTrainer:
         if plugin is not None:  # DeepSpeed sizes its engine from a batch size; there is no DataLoader to read it from
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.rollout.num_prompts * cfg.rollout.group_size
             plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm  # the engine clips, not us
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, self.optimizer,
-                                                                              self.scheduler)
+        # the scheduler is not prepared: accelerate steps a prepared one once per process per step, which would run
+        # the schedule N times too fast on N processes
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The model itself, under any DDP/DeepSpeed wrapper. Asking accelerate each time imports DeepSpeed
-        # (+17 MB resident) even when nothing was wrapped.
+        # (megabytes of resident memory) even when nothing was wrapped.
         self.unwrapped_model = model if self.model is model else self.accelerator.unwrap_model(self.model)
         # Sampling has its own generator so that changing e.g. dropout does not change which tokens are drawn.
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.train.seed * 1000 + self.rank)
@@ -171,6 +160,11 @@ class GRPOTrainer:
                 tmp.write_text("".join(line + "\n" for line in kept))
                 os.replace(tmp, path)
 
+    def _save_run_files(self, folder: Path) -> None:
+        """config.yaml, plus data_split.json: the tasks actually used (a split passed in is not in the config)."""
+        self.config.save_yaml(folder / "config.yaml")
+        (folder / "data_split.json").write_text(json.dumps(split_record(self.train_tasks, self.test_tasks), indent=1))
+
     # ------------------------------------------------------------------ plumbing: checkpoints
     def _gathered_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Under ZeRO-3 the weights are sharded: gather them (a collective, every rank calls it). Else None: the
@@ -191,7 +185,7 @@ class GRPOTrainer:
                          "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                          "generator": self.generator.get_state(), "sampler": self.sampler.state_dict()}
                 torch.save(state, folder / "trainer_state.pt")
-                self.config.save_yaml(folder / "config.yaml")
+                self._save_run_files(folder)
 
             write_checkpoint(self.output_dir, self.step, write, keep_last=self.config.train.keep_last)
         self.accelerator.wait_for_everyone()
@@ -316,7 +310,10 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         G = cfg.rollout.group_size
         rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
-        advantages = group_advantages(rewards, G, scale=cfg.loss.scale_rewards)  # (B*G,)
+        batch_std = None
+        if cfg.loss.scale_rewards == "batch" and self.world_size > 1:  # the std of every process's rewards, as TRL
+            batch_std = float(self._gather(rewards).std())
+        advantages = group_advantages(rewards, G, scale=cfg.loss.scale_rewards, batch_std=batch_std)  # (B*G,)
         ids, mask = rollout.full_sequences()  # (B*G, P + C)
         batch = Batch(rollout=rollout, input_ids=ids, attention_mask=mask,
                       advantages=advantages.to(ids.device), ref_logps=None, old_logps=None, rewards=rewards,
@@ -425,7 +422,7 @@ class GRPOTrainer:
                          completion_mask=batch.rollout.completion_mask, loss_type=cfg.loss.loss_type,
                          beta=cfg.loss.beta, clip_eps_low=cfg.loss.clip_eps_low, clip_eps_high=cfg.loss.clip_eps_high,
                          max_completion_length=cfg.rollout.max_new_tokens,
-                         num_items_in_window=window_tokens // self.world_size)
+                         num_items_in_window=window_tokens / self.world_size)  # exact, as TRL divides
 
     def _pieces(self, batch: Batch) -> list[Batch]:
         """The batch cut into runs of `prompts_per_pass` prompts with their G completions (rows stay prompt-major)."""
@@ -603,7 +600,7 @@ class GRPOTrainer:
         cfg = self.config
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save_yaml(self.output_dir / "config.yaml")
+            self._save_run_files(self.output_dir)
         if cfg.train.report_to != "none":
             self.accelerator.init_trackers("grpo", config=cfg.flat())
         if cfg.train.eval_every and self.step == 0 and not self.eval_history:

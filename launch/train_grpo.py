@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import sys
 import time
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,8 +51,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def adapter_checksum(model: torch.nn.Module) -> float:
-    """Sum of all trainable weights in float64: equal on every rank when data parallelism kept them in sync."""
-    return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
+    """Sum of all trainable weights in float64: equal on every rank when data parallelism kept them in sync.
+    Under DeepSpeed ZeRO-3 each rank holds only a shard (the local tensors are empty), so the full weights are
+    gathered first: otherwise every rank would report 0 and the check could never fail."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    gathered = nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 partitioned parameters
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gathered:
+        if any(p.numel() == 0 for p in params):
+            raise RuntimeError("adapter_checksum: a trainable parameter is empty even after gathering")
+        return float(sum(p.detach().double().sum() for p in params))
 
 
 def import_extension(name: str) -> None:

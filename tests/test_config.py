@@ -63,3 +63,20 @@ def test_missing_file_and_non_mapping_yaml(tmp_path):
 def test_defaults_are_valid_and_flat_names_are_unique():
     flat = GRPOConfig().flat()
     assert len(flat) == sum(len(section) for section in GRPOConfig().to_dict().values())
+
+
+@pytest.mark.parametrize("zero_stage,overrides,message", [
+    (2, dict(resume=True), "resume=True is not supported under DeepSpeed"),
+    (2, dict(grad_accum_steps=2), "grad_accum_steps=1 \\(got 2\\)"),
+    (3, dict(prompts_per_pass=1, num_prompts=2), "prompts_per_pass >= num_prompts=2 \\(got 1\\)"),
+    (3, dict(dynamic_sampling=2, prompts_per_pass=2), "dynamic_sampling=2 is not supported under DeepSpeed ZeRO-3"),
+])
+def test_settings_a_deepspeed_run_cannot_honour_are_refused_before_loading(zero_stage, overrides, message):
+    from grpo_helpers.config import check_strategy
+
+    config = load_config("cpu", **{"prompts_per_pass": 2, "dynamic_sampling": 0, **overrides})
+    with pytest.raises(ConfigError, match=message):
+        check_strategy(config, zero_stage=zero_stage)
+    check_strategy(config, zero_stage=None)  # without DeepSpeed every one of these is fine
+    fine = load_config("cpu", prompts_per_pass=2, dynamic_sampling=0)
+    check_strategy(fine, zero_stage=zero_stage)

@@ -61,13 +61,15 @@ def checksums(stdout: str) -> list[float]:
 @pytest.mark.slow  # two launches of two processes each (~1 min)
 def test_two_cpu_ranks_stay_in_sync_see_different_prompts_write_once_and_resume(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    first = launch(tiny_model_dir, out)
+    first = launch(tiny_model_dir, out, lr_scheduler="linear")
     assert "2 process(es), DistributedType.MULTI_CPU" in first.stdout
     sums = checksums(first.stdout)
     assert len(sums) == 2 and sums[0] == sums[1]
 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]  # one line per step: only the main process writes
+    # the schedule runs once per step, not once per process: linear from 1e-2 over 2 steps
+    assert [m["learning_rate"] for m in metrics] == [pytest.approx(5e-3), 0.0]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert len(list(tmp_path.rglob("metrics.jsonl"))) == 1
@@ -124,3 +126,20 @@ def test_a_dead_rank_stops_the_run_instead_of_hanging(tiny_model_dir, tmp_path):
             for child in psutil.Process(proc.pid).children(recursive=True):
                 child.kill()
             proc.kill()
+
+
+def test_the_cross_rank_checksum_cannot_pass_on_empty_shards():
+    """Under ZeRO-3 a rank's local parameter tensors are empty: a plain sum would be 0 on every rank and the
+    cross-rank check could never fail. The checksum refuses to sum what it cannot see."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_grpo", ROOT / "launch" / "train_grpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    assert module.adapter_checksum(model) == pytest.approx(float(sum(p.double().sum() for p in model.parameters())))
+    model.weight = torch.nn.Parameter(torch.empty(0))  # what a ZeRO-3 shard looks like outside a gather
+    with pytest.raises(RuntimeError, match="empty"):
+        module.adapter_checksum(model)

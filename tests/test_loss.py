@@ -110,6 +110,16 @@ def test_equal_rewards_in_a_group_give_exact_zeros(scale):
     assert (adv[7:14] != 0).sum() == 6  # 0..6 minus its mean 3: only the middle one is zero
 
 
+def test_batch_scaling_uses_the_std_of_every_process():
+    """Two ranks' rewards: each rank's advantages, scaled by the std of both ranks' rewards (gathered), are the
+    halves of the whole batch's; with its own std a rank would get other values."""
+    rewards = torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0, 9.0], dtype=torch.float64)
+    whole = group_advantages(rewards, 2, scale="batch")
+    halves = [group_advantages(part, 2, scale="batch", batch_std=float(rewards.std())) for part in rewards.split(4)]
+    assert torch.allclose(torch.cat(halves), whole, atol=1e-12)
+    assert not torch.allclose(group_advantages(rewards[:4], 2, scale="batch"), whole[:4], atol=1e-3)
+
+
 def test_advantage_errors():
     with pytest.raises(ValueError, match="group_size=4"):
         group_advantages(torch.zeros(6), 4)

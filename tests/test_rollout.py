@@ -25,6 +25,20 @@ def test_greedy_rollout_matches_generate_on_each_unpadded_prompt(tokenizer, attn
         assert torch.equal(got, expected), (got, expected)
 
 
+def test_a_right_padding_tokenizer_is_padded_on_the_left_anyway(tokenizer):
+    """The prefill assumes left padding (prompts end where sampling starts); a tokenizer configured to pad on the
+    right must not corrupt it."""
+    import copy
+
+    model = tiny_llama(tokenizer).eval()
+    right = copy.deepcopy(tokenizer)
+    right.padding_side = "right"
+    expected = generate_groups(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=12, greedy=True)
+    got = generate_groups(model, right, PROMPTS, group_size=1, max_new_tokens=12, greedy=True)
+    assert torch.equal(got.completion_ids, expected.completion_ids)
+    assert right.padding_side == "right"  # the caller's tokenizer is left as it was
+
+
 def test_groups_are_prompt_major_with_masks_lengths_and_truncation(tokenizer):
     model = tiny_lora(tokenizer)
     eos = tokenizer.eos_token_id
@@ -121,6 +135,14 @@ def test_folding_refuses_to_continue_when_the_weights_do_not_come_back(tokenizer
     model = lora_that_matters(tokenizer)
     with torch.no_grad(), pytest.raises(RuntimeError, match="bit for bit"), lora_folded(model):
         next(p for n, p in model.named_parameters() if "lora_B" in n).mul_(2)  # the delta changes meanwhile
+
+
+def test_folding_never_hides_an_error_raised_while_folded(tokenizer):
+    model = lora_that_matters(tokenizer)
+    with torch.no_grad(), pytest.raises(KeyError, match="from the body") as caught, lora_folded(model):
+        next(p for n, p in model.named_parameters() if "lora_B" in n).mul_(2)
+        raise KeyError("from the body")
+    assert any("did not come back bit for bit" in note for note in caught.value.__notes__)
 
 
 def test_sample_tokens_follows_the_distribution_and_never_picks_zero_probability():

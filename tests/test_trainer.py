@@ -232,3 +232,75 @@ def test_one_prompt_per_pass_gives_the_whole_batch_gradient(tokenizer, length_re
             assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=1e-4), name
         assert got_stats["loss"] == pytest.approx(expected_stats["loss"], abs=1e-6)
         assert got_stats["kl"] == pytest.approx(expected_stats["kl"], abs=1e-6)
+
+
+def test_dapo_normaliser_divides_the_window_exactly_over_processes(tokenizer, length_reward, tmp_path):
+    """DDP averages gradients over P processes, so each rank divides its token sum by W / P: exactly (TRL), not
+    by W // P, which scales the loss by W / (P * (W // P)) when P does not divide W (3.85 % at W = 27, P = 2)."""
+    from grpo_helpers.loss import grpo_loss
+
+    trainer = make_trainer(tokenizer, tmp_path, beta=0.0, loss_type="dapo")
+    batch, _ = trainer.make_batch()
+    logps = torch.randn(batch.rollout.completion_ids.shape, dtype=torch.float32)
+    trainer.world_size = 2  # what the normaliser sees on each of two ranks
+    got, _ = trainer._loss(logps, batch, window_tokens=27)
+    expected, _ = grpo_loss(logps, old_logps=None, ref_logps=None, advantages=batch.advantages,
+                            completion_mask=batch.rollout.completion_mask, loss_type="dapo", beta=0.0,
+                            max_completion_length=trainer.config.rollout.max_new_tokens, num_items_in_window=13.5)
+    assert torch.equal(got, expected)
+
+
+def test_the_run_records_the_split_it_actually_used(tokenizer, length_reward, tmp_path):
+    """The config says num_tasks=40 here, but 32 + 8 tasks were passed in: data_split.json says what was used."""
+    from grpo_helpers.data import split_record
+
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=1, num_tasks=2000, test_size=100)
+    trainer.train()
+    expected = split_record(TASKS[:32], TASKS[32:])
+    assert expected["train_tasks"] == 32 and expected["test_tasks"] == 8
+    for folder in (tmp_path, tmp_path / "checkpoints" / "step-000001"):
+        assert json.loads((folder / "data_split.json").read_text()) == expected
+    assert split_record(TASKS[:31], TASKS[31:])["sha256"] != expected["sha256"]
+
+
+@pytest.mark.parametrize("accum,iterations", [(2, 1), (1, 2), (2, 2)])
+def test_accumulation_and_several_passes_match_a_plain_reference(tokenizer, length_reward, tmp_path, accum,
+                                                                 iterations):
+    """grad_accum_steps batches summed into one optimizer step, and num_iterations steps on one rollout window:
+    the trainer's gradients (through its memory-saving small passes) at every optimizer step equal a plain
+    whole-batch backward of the same loss at the same weights, and it takes exactly num_iterations steps."""
+    from grpo_helpers.loss import grpo_loss
+
+    trainer = make_trainer(tokenizer, tmp_path, loss_type="grpo", grad_accum_steps=accum, num_iterations=iterations,
+                           max_grad_norm=0.0, beta=0.04)
+    batches = [trainer.make_batch()[0] for _ in range(accum)]
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    seen = []  # per optimizer step: (weights before it, gradients it applied)
+    real_step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(([p.detach().clone() for p in params], [p.grad.detach().clone() for p in params]))
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.optimize(batches)
+    assert len(seen) == iterations
+    cfg = trainer.config
+    for weights, grads in seen:
+        with torch.no_grad():
+            for p, value in zip(params, weights):
+                p.copy_(value)
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.model.train()
+        for batch in batches:
+            logps = completion_logprobs(trainer.model, batch.input_ids, batch.attention_mask,
+                                        batch.rollout.completion_ids.shape[1], temperature=cfg.rollout.temperature)
+            loss, _ = grpo_loss(logps, old_logps=batch.old_logps, ref_logps=batch.ref_logps,
+                                advantages=batch.advantages, completion_mask=batch.rollout.completion_mask,
+                                loss_type="grpo", beta=0.04, clip_eps_low=cfg.loss.clip_eps_low,
+                                clip_eps_high=cfg.loss.clip_eps_high, max_completion_length=cfg.rollout.max_new_tokens)
+            (loss / accum).backward()
+        for p, got in zip(params, grads):
+            expected = torch.zeros_like(p) if p.grad is None else p.grad
+            assert torch.allclose(got, expected, rtol=1e-3, atol=1e-6), (got - expected).abs().max()
+    assert any(g.abs().sum() > 0 for _, grads in seen for g in grads), "nothing to compare: all gradients zero"
