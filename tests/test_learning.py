@@ -24,8 +24,8 @@ SFT_STEPS = 12  # a deliberately short cold start: it solves some but not all of
 MIN_GAIN = 0.04  # held-out greedy accuracy, GRPO minus cold start (two of 48 tasks)
 
 
-def learning_run(output_dir) -> tuple[float, float, GRPOTrainer]:
-    """(cold-start accuracy, accuracy after GRPO, the trainer) on TIER's held-out tasks."""
+def learning_run(output_dir) -> tuple[float, float, dict, GRPOTrainer]:
+    """(cold-start accuracy, accuracy after GRPO, the evaluation after GRPO, the trainer) on TIER's held-out tasks."""
     rows = generate_tiers(3000, tiers=[TIER], seed=0)
     train, test = train_test_split(rows, test_size=48, seed=0)
     config = load_config("cpu", tiers=[TIER], sft_steps=SFT_STEPS, sft_batch_size=8, num_prompts=2, group_size=4,
@@ -35,14 +35,16 @@ def learning_run(output_dir) -> tuple[float, float, GRPOTrainer]:
     trainer = GRPOTrainer(config.replace(init_adapter=str(adapter)), train_tasks=train, test_tasks=test)
     before = trainer.evaluate()["eval/accuracy"]
     trainer.train()
-    after = trainer.evaluate()["eval/accuracy"]
-    return before, after, trainer
+    final = trainer.evaluate()
+    return before, final["eval/accuracy"], final, trainer
 
 
 def test_grpo_improves_held_out_accuracy_of_a_cold_start(tmp_path):
-    before, after, trainer = learning_run(tmp_path)
+    before, after, final, trainer = learning_run(tmp_path)
     assert 0 < before < 1, f"the cold start should solve some but not all {TIER} tasks, got accuracy {before}"
     assert after >= before + MIN_GAIN, (
         f"GRPO did not improve on the cold start: held-out accuracy {before:.3f} -> {after:.3f} "
         f"(rewards per step: {[round(m['reward'], 2) for m in trainer.history]})")
-    assert trainer.history[-1]["hack/uses_numbers"] > 0.5  # still answering the task, not a fixed string
+    # still answering the task, not a fixed string: held-out answers built from the task's numbers (48 greedy
+    # answers; one training step's 8 samples are too few to judge)
+    assert final["eval/uses_numbers"] > 0.5, final
