@@ -53,6 +53,8 @@ def test_chapter_04_trains_the_preset_plus_what_the_params_file_sets(path, tmp_p
     assert changed <= allowed, f"{path.name} changes {sorted(changed - allowed)} behind the reader's back"
     for key in passed & set(FIELD_SECTION):
         assert config.flat()[key] == params[key]
+    if "output_dir" not in params:  # training output follows the run folder (-p run_dir ../runs/mine moves it)
+        assert config.train.output_dir == str(tmp_path / "train")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "launch" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
