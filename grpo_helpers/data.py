@@ -371,7 +371,7 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
                 f"Without network access use dataset='generated' (solvable tasks made locally) or a local "
                 f".jsonl/.json/.parquet/.csv file; with network a hub id looks like {HUB_EXAMPLE!r}."
             ) from err
-        rows = table.select(range(min(num_tasks, len(table)))).to_list() if num_tasks else table.to_list()
+        rows = table.to_list()
     return validate_rows(rows[:num_tasks] if num_tasks is not None else rows)
 
 

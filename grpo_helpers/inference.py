@@ -160,17 +160,12 @@ def _generator(model: torch.nn.Module, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed % 2**63)
 
 
-def check_task(nums: Any, target: Any) -> tuple[list[int], int]:
-    """Clean (nums, target) for a user-given task, or a ValueError naming the bad value."""
-    return require_task(nums, target)
-
-
 def solve_task(model: torch.nn.Module, tokenizer, nums: Sequence[int], target: int, *, max_new_tokens: int = 256,
                greedy: bool = True, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Ask the model one task with the chapter's prompt and check its answer with the verifier of chapter 02.
 
     `value` is the exact value of the answer (safe evaluator, never eval), so a wrong answer shows how far off it is."""
-    nums, target = check_task(nums, target)
+    nums, target = require_task(nums, target)
     require_int("max_new_tokens", max_new_tokens)
     _check_sampling(temperature, greedy)
     task = {"nums": nums, "target": target}
@@ -491,7 +486,7 @@ def find_aha(records: list[dict], *, patterns: Sequence[str] = AHA_PATTERNS) -> 
 
 
 __all__ = [
-    "AHA_PATTERNS", "EVAL_WEIGHTS", "EvalResult", "load_policy", "merge_and_save", "check_task", "solve_task",
+    "AHA_PATTERNS", "EVAL_WEIGHTS", "EvalResult", "load_policy", "merge_and_save", "solve_task",
     "pass_at_k", "wilson_interval", "score_samples", "evaluate", "compare", "plot_comparison", "find_aha",
     "evaluate_tiers", "tier_metrics", "split_by_tier", "paired_sign_test", "plot_tiers",
 ]
