@@ -397,7 +397,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_prompts=2, group_size=8, max_new_tokens=160, temperature=0.7, dynamic_sampling=2,
         reward_weights={"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0},
         loss_type="dapo", beta=0.0, lr=2e-5, lr_scheduler="constant", max_steps=40,
-        save_every=10, eval_every=40, eval_tasks=48, output_dir="runs/cpu",
+        save_every=10, eval_every=40, eval_tasks=32, output_dir="runs/cpu",
         sft_steps=120, sft_batch_size=8, sft_lr=2e-4,
     ),
     # The seed's single-node GPU recipe: Qwen2.5-3B, LoRA r16/alpha64, bf16 + flash-attn.
