@@ -126,3 +126,51 @@ def load_adapter_weights(model: torch.nn.Module, folder: Path, device: torch.dev
     # safetensors takes "cpu" or "cuda:N", not "cpu:0" (gloo ranks)
     weights = load_file(str(folder / "adapter_model.safetensors"), device="cpu" if device.type == "cpu" else str(device))
     set_peft_model_state_dict(model, weights)
+
+
+def load_model_weights(model: torch.nn.Module, folder: Path, device: torch.device) -> None:
+    """A checkpoint's `model/` folder into the model: the adapter's weights for a peft model, else every weight."""
+    if hasattr(model, "disable_adapter"):
+        load_adapter_weights(model, folder, device)
+        return
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype)
+    model.load_state_dict(loaded.state_dict())
+
+
+def save_training_checkpoint(output_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer, scheduler,
+                             sampler, keep_last: int, generator: torch.Generator | None = None,
+                             state_dict: dict[str, torch.Tensor] | None = None,
+                             more: Callable[[Path], None] | None = None) -> Path:
+    """Everything a loop needs to continue exactly: weights (`state_dict` if gathered, else the model's own),
+    optimizer, scheduler, RNG states, the sampling generator and the task sampler's position; `more(folder)` adds
+    the loop's own files. Call on the main process only."""
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder / "model", state_dict=state_dict)
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(), "sampler": sampler.state_dict()}
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        torch.save(state, folder / STATE_FILE)
+        if more is not None:
+            more(folder)
+
+    return write_checkpoint(output_dir, step, write, keep_last=keep_last)
+
+
+def resume_training(output_dir: str | Path, *, model: torch.nn.Module, optimizer, scheduler, sampler,
+                    device: torch.device, generator: torch.Generator | None = None) -> int | None:
+    """Load the newest whole checkpoint into these objects and return its step; None when there is none."""
+    path = newest_checkpoint(output_dir)
+    if path is None:
+        return None
+    load_model_weights(model, path / "model", device)
+    state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    sampler.load_state_dict(state["sampler"])
+    if generator is not None:
+        generator.set_state(state["generator"])
+    return state["step"]

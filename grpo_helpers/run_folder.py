@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from grpo_helpers.checkpoint import list_checkpoints
+from grpo_helpers.errors import UsageError
 
 LOCK_FILE = ".run.lock"
 LOG_FILES = ("metrics.jsonl", "completions.jsonl", "eval.jsonl")
 _HELD: set[Path] = set()  # lock files held by this process (a second trainer in one notebook is refused too)
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UsageError, RuntimeError):
     """The folder is in use by a live run, or holds a run that this one would overwrite or mix with."""
 
 
@@ -41,6 +42,32 @@ def json_line(row: dict[str, Any]) -> str:
         return value
 
     return json.dumps(clean(row), allow_nan=False)
+
+
+def append_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows and fsync: a line logged is a line kept, whatever kills the process next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json_line(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every row of a JSON-lines file; [] when there is none."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def keep_lines_up_to(path: Path, step: int) -> None:
+    """After a resume, drop the rows a crashed run logged past its last checkpoint (they are redone); atomic."""
+    if path.is_file():
+        kept = [row for row in read_json_lines(path) if row["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json_line(row) + "\n" for row in kept))
+        os.replace(tmp, path)
 
 
 def _alive(pid: int) -> bool:
@@ -135,3 +162,27 @@ def prepare_fresh_run(folder: str | Path, *, overwrite: bool) -> None:
     for name in LOG_FILES:
         (folder / name).unlink(missing_ok=True)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
+def claim_run_folder(folder: str | Path, *, fresh: bool, overwrite: bool, is_main: bool,
+                     world_size: int) -> RunLock | None:
+    """The main process locks the folder (one live run per folder) and, for a fresh run, refuses a folder that
+    holds another run unless overwrite; every rank raises the same error, so none waits on the others. The lock
+    (main process) or None."""
+    lock, error = None, None
+    if is_main:
+        try:
+            lock = RunLock(folder)
+            if fresh:
+                prepare_fresh_run(folder, overwrite=overwrite)
+        except RunFolderError as caught:
+            error = str(caught)
+            if lock is not None:
+                lock.release()
+    if world_size > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise RunFolderError(error)
+    return lock

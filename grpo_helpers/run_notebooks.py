@@ -119,6 +119,7 @@ def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None)
 def training_outcome(out_dir: Path) -> tuple[list[str], Path | None]:
     """Summary lines and a reward-curve PNG from chapter 04's metrics and chapter 06's comparison, when present."""
     from grpo_helpers.dashboard import load_run, plot_metrics
+    from grpo_helpers.run_folder import read_json_lines
 
     lines: list[str] = []
     history, evals = load_run(out_dir / "train")
@@ -137,13 +138,11 @@ def training_outcome(out_dir: Path) -> tuple[list[str], Path | None]:
         fig = plot_metrics(history, evals, title=f"{out_dir.name}: chapter 04 training")
         curve = out_dir / "reward_curve.png"
         fig.savefig(curve, dpi=110)
-    cold = out_dir / "train" / "cold_start" / "metrics.jsonl"
-    if cold.is_file():
-        rows = [json.loads(line) for line in cold.read_text().splitlines() if line]
-        if rows:
-            lines.append(f"Cold start (chapter 04): {len(rows)} SFT steps in "
-                         f"{sum(r['time/step'] for r in rows) / 60:.1f} min, loss {rows[0]['loss']:.3f} -> "
-                         f"{rows[-1]['loss']:.3f}.")
+    rows = read_json_lines(out_dir / "train" / "cold_start" / "metrics.jsonl")
+    if rows:
+        lines.append(f"Cold start (chapter 04): {len(rows)} SFT steps in "
+                     f"{sum(r['time/step'] for r in rows) / 60:.1f} min, loss {rows[0]['loss']:.3f} -> "
+                     f"{rows[-1]['loss']:.3f}.")
     tiers = out_dir / "eval" / "tiers.json"
     if tiers.is_file():
         data = json.loads(tiers.read_text())

@@ -12,7 +12,6 @@ and exact resume work as in the GRPO trainer; the adapter lands in `{output_dir}
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -25,13 +24,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from grpo_helpers.checkpoint import (newest_checkpoint, load_adapter_weights, rng_state, seed_everything,
-                                     set_rng_state, write_checkpoint)
+from grpo_helpers.checkpoint import resume_training, save_training_checkpoint, seed_everything
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, render_prompts, tokenize_prompts
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
-from grpo_helpers.run_folder import RunLock, json_line
+from grpo_helpers.run_folder import RunLock, append_json_lines, keep_lines_up_to, read_json_lines
 from grpo_helpers.traces import make_traces
 
 WARMUP_STEPS = 10
@@ -132,43 +130,21 @@ class ColdStart:
     # ------------------------------------------------------------------ plumbing: checkpoints
     def save_checkpoint(self) -> None:
         if self.accelerator.is_main_process:
-            def write(folder: Path) -> None:
-                self.unwrapped_model.save_pretrained(folder / "model")
-                torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                            "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                            "sampler": self.sampler.state_dict()}, folder / "trainer_state.pt")
-
-            write_checkpoint(self.output_dir, self.step, write, keep_last=2)
+            save_training_checkpoint(self.output_dir, self.step, model=self.unwrapped_model, optimizer=self.optimizer,
+                                     scheduler=self.scheduler, sampler=self.sampler, keep_last=2)
         self.accelerator.wait_for_everyone()
 
     def resume(self) -> bool:
         """Continue from the newest complete cold-start checkpoint; False when there is none."""
-        path = newest_checkpoint(self.output_dir)
-        if path is None:
+        step = resume_training(self.output_dir, model=self.unwrapped_model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, sampler=self.sampler, device=self.accelerator.device)
+        if step is None:
             return False
-        load_adapter_weights(self.unwrapped_model, path / "model", self.accelerator.device)
-        state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.step = state["step"]
-        if self.metrics_path.is_file():
-            self.history = [row for row in map(json.loads, self.metrics_path.read_text().splitlines())
-                            if row["step"] <= self.step]
-            self._rewrite_metrics()
+        self.step = step
+        if self.accelerator.is_main_process:
+            keep_lines_up_to(self.metrics_path, step)
+        self.history = [row for row in read_json_lines(self.metrics_path) if row["step"] <= step]
         return True
-
-    def _rewrite_metrics(self) -> None:
-        if self.accelerator.is_main_process:
-            tmp = self.metrics_path.with_suffix(".tmp")
-            tmp.write_text("".join(json_line(row) + "\n" for row in self.history))
-            tmp.replace(self.metrics_path)
-
-    def _append(self, row: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            with self.metrics_path.open("a") as f:
-                f.write(json_line(row) + "\n")
 
     # ------------------------------------------------------------------ the loop
     def train_step(self) -> dict[str, Any]:
@@ -211,7 +187,8 @@ class ColdStart:
         while self.step < cfg.sft_steps:
             metrics = self.train_step()
             self.history.append(metrics)
-            self._append(metrics)
+            if self.accelerator.is_main_process:
+                append_json_lines(self.metrics_path, [metrics])
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", s_per_step=f"{metrics['time/step']:.1f}")
             for callback in self.callbacks:

@@ -4,7 +4,7 @@ The assertion is about correctness, not reward: after 8 GRPO steps from a 12-ste
 held-out tasks of the training tier (2 numbers <= 10) must rise by at least MIN_GAIN. The cold start is kept short
 on purpose: with the one-check-per-line traces a longer one nearly solves this tier and leaves GRPO nothing to show.
 Measured on the reference machine (2 vCPU, fp32), 2026-12-01: as shipped 15/48 -> 21/48 (+0.125); with the
-advantages' sign flipped (GRPO pushing *away* from the better completions, `grpo_helpers.trainer.group_advantages`
+advantages' sign flipped (GRPO pushing *away* from the better completions, `group_advantages` in `grpo_helpers.batch.to_batch`
 negated) 15/48 -> 4/48, which fails. MIN_GAIN = 0.04 (two tasks) also fails a trainer that changes nothing.
 """
 

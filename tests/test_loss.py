@@ -13,8 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from grpo_helpers.loss import (_final_hidden, _head_logps, completion_logprobs, group_advantages,
                                grouped_completion_logprobs, grouped_logprobs_backward, grpo_loss,
                                naive_completion_logprobs)
+from grpo_helpers.fast import DropoutLinear
+from grpo_helpers.models import add_lora
 from grpo_helpers.rollout import generate_groups
-from grpo_helpers.models import DropoutLinear, add_lora
 from tiny import tiny_llama, tiny_lora
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]

@@ -1,0 +1,87 @@
+"""The memory-saving backward: the gradient of a whole rollout window's loss, a few rows at a time.
+
+A window (grad_accum_steps batches of B prompts x G completions) rarely fits through the model at once on a small
+machine. `window_backward` feeds it through in pieces of `prompts_per_pass` prompts, each piece `rows_per_pass`
+completions at a time, and scales each part's loss so that the summed gradients equal the whole window's. Under
+several processes the gradients stay local (`no_sync`) and are averaged once at the end, as DDP's all-reduce
+would. DeepSpeed (which steps inside its backward) and transformers' gradient checkpointing (no cache across a
+group) take one plain backward per prompt piece instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+
+from grpo_helpers.batch import Batch, batch_logprobs, hf_checkpointing, pieces, select
+from grpo_helpers.distributed import average_gradients, zero_stage
+from grpo_helpers.loss import grouped_logprobs_backward
+
+LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, float]]]  # (log-probs, batch) -> loss, stats
+
+
+def part_weight(part: Batch, batch: Batch, *, loss_type: str, batches: int) -> float:
+    """What turns a part's loss into its share of the window's loss.
+
+    dapo's loss is already a share (a token sum over the whole window's tokens); bnpo's token mean is reweighed by
+    the part's share of the batch's tokens; grpo and dr_grpo (per-sequence means or sums) by its share of rows.
+    Then each batch is one of `batches` accumulated."""
+    if loss_type == "dapo":
+        return 1.0
+    if loss_type == "bnpo":
+        share = part.rollout.completion_mask.sum().clamp(min=1) / batch.rollout.completion_mask.sum().clamp(min=1)
+        return float(share) / batches
+    return part.advantages.shape[0] / batch.advantages.shape[0] / batches
+
+
+def window_backward(model: torch.nn.Module, batches: list[Batch], loss_fn: LossFn, *, accelerator: Accelerator,
+                    loss_type: str, prompts_per_pass: int, rows_per_pass: int, temperature: float,
+                    check_finite: Callable[[torch.Tensor], None]) -> dict[str, float]:
+    """Leave the window's loss gradient on the model's parameters (averaged over processes); return the window's
+    loss and the batches' mean stats, computed from the parts' log-probs."""
+    small_passes = zero_stage(accelerator) is None and not hf_checkpointing(model)
+    sums: dict[str, float] = {}
+    for index, batch in enumerate(batches):
+        logps = []
+        parts = pieces(batch, prompts_per_pass)
+        for number, piece in enumerate(parts):
+            if small_passes:  # gradients stay local; averaged once below
+                with accelerator.no_sync(model):
+                    logps.append(_small_passes(model, piece, batch, loss_fn, accelerator=accelerator,
+                                               loss_type=loss_type, batches=len(batches), rows_per_pass=rows_per_pass,
+                                               temperature=temperature, check_finite=check_finite))
+                continue
+            last = index == len(batches) - 1 and number == len(parts) - 1
+            with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once, on the last backward
+                piece_logps = batch_logprobs(model, piece, temperature=temperature)  # with gradient
+                piece_loss, _ = loss_fn(piece_logps, piece)
+                check_finite(piece_loss)
+                accelerator.backward(piece_loss * part_weight(piece, batch, loss_type=loss_type, batches=len(batches)))
+            logps.append(piece_logps.detach())
+        with torch.no_grad():  # the whole batch's loss value and stats (finite: its parts were)
+            loss, stats = loss_fn(torch.cat(logps), batch)
+        share = 1.0 if loss_type == "dapo" else 1.0 / len(batches)  # of the window's loss
+        for key, value in {"loss": loss.item() * share, **{k: v / len(batches) for k, v in stats.items()}}.items():
+            sums[key] = sums.get(key, 0.0) + value
+    if small_passes:
+        average_gradients(accelerator, model)
+    return sums
+
+
+def _small_passes(model, piece: Batch, batch: Batch, loss_fn: LossFn, *, accelerator: Accelerator, loss_type: str,
+                  batches: int, rows_per_pass: int, temperature: float, check_finite) -> torch.Tensor:
+    """Backward of the piece's loss share, `rows_per_pass` completions at a time; its log-probs (r, C)."""
+    r = piece.rollout
+
+    def share(logps: torch.Tensor, rows: slice) -> torch.Tensor:
+        part = select(piece, slice(None), rows)
+        loss, _ = loss_fn(logps, part)
+        check_finite(loss)
+        return loss * part_weight(part, batch, loss_type=loss_type, batches=batches)
+
+    return grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                     r.group_size, share, rows_per_pass=rows_per_pass, backward=accelerator.backward,
+                                     temperature=temperature)

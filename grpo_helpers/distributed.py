@@ -1,0 +1,82 @@
+"""What several processes (DDP, DeepSpeed ZeRO-2/3) change in a training loop, so the loop itself need not say.
+
+Each helper is a no-op (or the plain value) on one process without DeepSpeed, which is what a learner runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from accelerate import Accelerator
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage in use, or None without DeepSpeed."""
+    plugin = accelerator.state.deepspeed_plugin
+    return None if plugin is None else plugin.zero_stage
+
+
+def size_deepspeed_engine(accelerator: Accelerator, *, micro_batch: int, max_grad_norm: float) -> None:
+    """DeepSpeed sizes its engine from a batch size (there is no DataLoader to read it from) and clips inside its
+    step; call before `accelerator.prepare`."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+        plugin.deepspeed_config["gradient_clipping"] = max_grad_norm
+
+
+def whole_weights(accelerator: Accelerator, model: torch.nn.Module):
+    """A context in which every weight is whole on every rank.
+
+    DeepSpeed ZeRO-3 shards every weight across ranks; sampling token by token needs whole matrices, so they are
+    gathered for the rollout: each rank briefly holds the full model (for a 3B model in bf16, ~6 GB per GPU on top
+    of its shard). Not yet run on GPUs: DeepSpeed's per-layer hooks may still re-gather during decoding."""
+    if zero_stage(accelerator) != 3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+def gathered_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Under ZeRO-3 the weights are sharded: gather them (a collective, every rank calls it). Else None: the
+    unwrapped model saves its own weights."""
+    if zero_stage(accelerator) != 3:
+        return None
+    return accelerator.get_state_dict(model)
+
+
+def gather(accelerator: Accelerator, values: torch.Tensor) -> torch.Tensor:
+    """Every process's values, concatenated, on the CPU."""
+    return accelerator.gather(values.to(accelerator.device)).cpu()
+
+
+def total(accelerator: Accelerator, value: float | int) -> float:
+    """The sum of a number over processes."""
+    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="sum").item()
+
+
+def mean(accelerator: Accelerator, value: float) -> float:
+    """The mean of a number over processes."""
+    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean").item()
+
+
+def average_gradients(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """What DDP's all-reduce does, once per step, for gradients accumulated under `no_sync`."""
+    if accelerator.num_processes == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+    flat = accelerator.reduce(flat, reduction="mean")
+    for p, grad in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = grad.view_as(p).clone()
+
+
+def clip_gradients(accelerator: Accelerator, model: torch.nn.Module, max_norm: float) -> float:
+    """Clip to max_norm (0 = no clipping); the norm before clipping, for the logs (NaN: DeepSpeed before step 1)."""
+    if max_norm > 0 or zero_stage(accelerator) is not None:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    else:
+        norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    return float("nan") if norm is None else float(norm)
