@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from grpo_helpers.checks import require_int, require_task
+from grpo_helpers.errors import MissingFileError
 
 Value = int | Fraction  # exact value of a (sub)expression; integral values are kept as int for speed
 
@@ -353,7 +354,7 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
     suffix = path.suffix.lower()
     if suffix in FILE_TYPES or _looks_like_path(source):
         if not path.is_file():
-            raise FileNotFoundError(f"dataset file {str(path)!r} does not exist (resolved: {path.resolve()})")
+            raise MissingFileError(f"dataset file {str(path)!r} does not exist (resolved: {path.resolve()})")
         if suffix not in FILE_TYPES:
             raise ValueError(f"dataset file {str(path)!r} has the type {suffix or '(none)'!r}: use "
                              f"{'/'.join(FILE_TYPES)}")
@@ -489,7 +490,7 @@ def load_jsonl(path: str | Path) -> list[dict]:
     """Rows written by save_jsonl (blank lines skipped); a bad line raises ValueError with its line number."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"jsonl file {str(path)!r} does not exist")
+        raise MissingFileError(f"jsonl file {str(path)!r} does not exist")
     rows = []
     with path.open() as f:
         for number, line in enumerate(f, start=1):

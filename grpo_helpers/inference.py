@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from grpo_helpers.checks import require_int, require_task
 from grpo_helpers.data import render_prompt, render_prompts, validate_rows
+from grpo_helpers.errors import MissingFileError
 from grpo_helpers.models import load_model_and_tokenizer, load_tokenizer
 from grpo_helpers.monitor import hack_signals
 from grpo_helpers.rewards import equation_reward, evaluate_expression, extract_answer, score_completions
@@ -43,7 +44,7 @@ def _check_adapter_dir(adapter: str | Path) -> Path:
     """The adapter folder, or an error that says what was expected and what the folder looks like instead."""
     path = Path(adapter).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"adapter {str(path)!r} does not exist: expected {EXPECTED_ADAPTER}")
+        raise MissingFileError(f"adapter {str(path)!r} does not exist: expected {EXPECTED_ADAPTER}")
     if not path.is_dir():
         raise ValueError(f"adapter {str(path)!r} is a file: expected {EXPECTED_ADAPTER}")
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
@@ -53,7 +54,7 @@ def _check_adapter_dir(adapter: str | Path) -> Path:
             hint = f". It looks like a training checkpoint: its adapter is {str(path / 'model')!r}"
         elif (path / "config.json").is_file():
             hint = ". It looks like a full model folder: pass it as base_model with adapter=None"
-        raise FileNotFoundError(f"adapter folder {str(path)!r} has no {' and no '.join(missing)}: "
+        raise MissingFileError(f"adapter folder {str(path)!r} has no {' and no '.join(missing)}: "
                                 f"expected {EXPECTED_ADAPTER}{hint}")
     return path
 

@@ -35,9 +35,10 @@ def chapter_04_config(params: dict, run_dir: Path):
     """Chapter 04's parameters cell, papermill's overrides, then its config cell, as papermill runs them."""
     cells = json.loads((ROOT / "notebooks" / "04_single_node_training.ipynb").read_text())["cells"]
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    parameters = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
     declared = declared_parameters(ROOT / "notebooks" / "04_single_node_training.ipynb")
     scope: dict = {}
-    exec(code[0], scope)
+    exec(parameters, scope)
     scope.update({k: v for k, v in params.items() if k in declared}, run_dir=str(run_dir))
     exec(next(c for c in code if "config = load_config(preset" in c), scope)
     return scope["config"], {k for k in params if k in declared}
