@@ -1,0 +1,172 @@
+"""A GRPO doctor: reads a run's metrics and says in plain words what is wrong, with the evidence and what to try.
+
+Each rule looks at the step metrics the trainer logs (metrics.jsonl; TRL's names where they exist) and fires only on
+a pattern that means trouble, never on one step's noise: most look at a window of recent steps. Rules that need a
+metric the run did not log (entropy, KL when beta = 0) stay silent. `diagnose` works on a live history (the
+`Doctor` callback runs it during training) and `diagnose_run` on a finished run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo_helpers.errors import MissingFileError
+from grpo_helpers.monitor import hack_warning
+from grpo_helpers.run_folder import read_json_lines
+
+WINDOW = 5  # recent steps a rule averages over
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: which rule, how serious, what it means, the numbers that show it, and what to try."""
+
+    rule: str
+    severity: str  # "problem" (the run is not learning as it should) or "note" (expected, but often misread)
+    message: str
+    evidence: str
+    advice: str
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.message}\n    evidence: {self.evidence}\n    try: {self.advice}"
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def _no_signal(history, window) -> Finding | None:
+    recent = history[-window:]
+    share = _mean(recent, "frac_reward_zero_std")
+    if len(recent) < window or share is None or share < 0.9:
+        return None
+    return Finding("no_signal", "problem", "Almost every group's rewards are all equal: the advantages are zero, so "
+                   "GRPO has nothing to learn from.",
+                   f"frac_reward_zero_std = {share:.2f} over the last {len(recent)} steps",
+                   "partial-credit rewards (rewards.GROUNDED_WEIGHTS), a larger group_size, easier tasks (tiers, "
+                   "curriculum='success'), dynamic_sampling > 0, or a cold start (sft_steps) if the base model never "
+                   "succeeds")
+
+
+def _truncated(history, window) -> Finding | None:
+    recent = history[-window:]
+    share = _mean(recent, "completions/clipped_ratio")
+    if len(recent) < window or share is None or share < 0.5:
+        return None
+    return Finding("truncated", "problem", "Most completions hit max_new_tokens before finishing: their answers are "
+                   "cut off and score as wrong, whatever the reasoning was.",
+                   f"completions/clipped_ratio = {share:.2f} over the last {len(recent)} steps "
+                   f"(mean length {_mean(recent, 'completions/mean_length') or 0:.0f} tokens)",
+                   "raise max_new_tokens, add the overlong penalty reward, or mask truncated completions")
+
+
+def _entropy_collapse(history, window) -> Finding | None:
+    rows = [row for row in history if isinstance(row.get("entropy"), (int, float))]
+    if len(rows) < 2 * window:
+        return None
+    first, last = _mean(rows[:window], "entropy"), _mean(rows[-window:], "entropy")
+    if not (first > 0 and last < 0.25 * first and last < 0.2):
+        return None
+    return Finding("entropy_collapse", "problem", "The policy's entropy collapsed: it samples nearly the same tokens "
+                   "every time, so groups stop differing and exploration ends.",
+                   f"entropy {first:.3f} (first {window} steps) -> {last:.3f} (last {window})",
+                   "a higher temperature, a lower lr, clip_eps_high = 0.28 (DAPO's clip-higher), or beta > 0")
+
+
+def _kl_or_clipping(history, window) -> Finding | None:
+    recent = history[-window:]
+    if len(recent) < window:
+        return None
+    kl, clipped = _mean(recent, "kl"), _mean(recent, "clip_ratio/region_mean")
+    parts = []
+    if kl is not None and kl > 1.0:
+        parts.append(f"kl = {kl:.2f}")
+    if clipped is not None and clipped > 0.2:
+        parts.append(f"clip_ratio/region_mean = {clipped:.2f}")
+    if not parts:
+        return None
+    return Finding("unstable_update", "problem", "The policy moves too far per step: it drifts from the reference "
+                   "and/or most tokens sit outside the clip range.",
+                   f"{', '.join(parts)} over the last {len(recent)} steps",
+                   "a lower lr, fewer num_iterations, a larger beta, or max_grad_norm = 1")
+
+
+def _reward_without_accuracy(history, window, completions) -> Finding | None:
+    warning = hack_warning(history, window=window)
+    if len(history) < 2 * window:
+        return None
+    first, last = history[:window], history[-window:]
+    rise = (_mean(last, "reward") or 0.0) - (_mean(first, "reward") or 0.0)
+    accuracy = [_mean(first, "hack/accuracy"), _mean(last, "hack/accuracy")]
+    if warning is None and (rise < 0.1 or None in accuracy or accuracy[1] - accuracy[0] > 0.02):
+        return None
+    top = ""
+    if completions:
+        best = sorted(completions, key=lambda row: -row.get("reward", 0.0))[:3]
+        top = "; top-scoring completions: " + " | ".join(repr(row["completion"][-80:]) for row in best)
+    accuracy_text = "" if None in accuracy else f", training accuracy {accuracy[0]:.2f} -> {accuracy[1]:.2f}"
+    return Finding("reward_hacking", "problem", "Reward rose while correctness did not: the policy found reward that "
+                   "is not solving the task.",
+                   f"mean reward {rise:+.2f} (first vs last {window} steps){accuracy_text}{top}",
+                   "read the top-scoring completions; pay only for answers built from the task's numbers "
+                   "(rewards.GROUNDED_WEIGHTS); judge by held-out accuracy, not reward")
+
+
+def _loss_near_zero(history, window) -> Finding | None:
+    recent = history[-window:]
+    loss, grad = _mean(recent, "loss"), _mean(recent, "grad_norm")
+    if len(recent) < window or loss is None or abs(loss) > 0.01 or not grad:
+        return None
+    return Finding("loss_near_zero", "note", "The loss is near 0, and that is expected: with one update per rollout "
+                   "the ratio is 1 and each group's advantages sum to zero, so the loss value carries little "
+                   "information. Its gradient is not zero, and that is what trains.",
+                   f"mean loss {loss:+.4f}, mean grad_norm {grad:.3f} over the last {len(recent)} steps",
+                   "watch reward, held-out accuracy and the hack monitor instead of the loss")
+
+
+def _throughput(history, window) -> Finding | None:
+    rows = [row for row in history if isinstance(row.get("tokens_per_sec"), (int, float))]
+    if len(rows) < 2 * window + 1:
+        return None
+    first = _mean(rows[1:window + 1], "tokens_per_sec")  # step 1 warms caches up: left out
+    last = _mean(rows[-window:], "tokens_per_sec")
+    if not (first and last < 0.5 * first):
+        return None
+    return Finding("throughput_collapse", "problem", "Training got much slower per token than it was at the start.",
+                   f"tokens_per_sec {first:.0f} (steps 2-{window + 1}) -> {last:.0f} (last {window})",
+                   "look for other work on the machine, memory pressure or swap (peak RSS), and completions that "
+                   "grew long (completions/mean_length)")
+
+
+def diagnose(history: list[dict[str, Any]], *, completions: list[dict[str, Any]] | None = None,
+             window: int = WINDOW) -> list[Finding]:
+    """Every rule's finding on a run's step metrics (oldest first); `completions` (rows of completions.jsonl) lets
+    the hacking rule quote the top-scoring ones."""
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window={window!r} is not allowed: an integer >= 1")
+    found = [_no_signal(history, window), _truncated(history, window), _entropy_collapse(history, window),
+             _kl_or_clipping(history, window), _reward_without_accuracy(history, window, completions),
+             _loss_near_zero(history, window), _throughput(history, window)]
+    return [finding for finding in found if finding is not None]
+
+
+def diagnose_run(folder: str | Path, *, window: int = WINDOW) -> list[Finding]:
+    """`diagnose` on a finished (or running) training folder; the completions of its last step are quoted."""
+    folder = Path(folder)
+    history = read_json_lines(folder / "metrics.jsonl")
+    if not history:
+        raise MissingFileError(f"{folder / 'metrics.jsonl'} has no logged steps: is {str(folder)!r} a training folder?")
+    last_step = history[-1]["step"]
+    completions = [row for row in read_json_lines(folder / "completions.jsonl") if row["step"] == last_step]
+    return diagnose(history, completions=completions, window=window)
+
+
+def report(findings: list[Finding]) -> str:
+    """The findings in words, problems first; a clean bill of health when there are none."""
+    if not findings:
+        return "GRPO doctor: nothing looks wrong in these metrics."
+    ordered = sorted(findings, key=lambda f: f.severity != "problem")
+    return "GRPO doctor:\n" + "\n".join(str(f) for f in ordered)

@@ -1,0 +1,86 @@
+"""The GRPO doctor: each rule fires on a synthetic history that shows its problem and stays silent on a healthy one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grpo_helpers.doctor import diagnose, diagnose_run, report
+
+
+def healthy(steps: int = 12, **changes) -> list[dict]:
+    """A run that learns: rewards with spread, finished completions, steady entropy and speed, accuracy rising."""
+    rows = []
+    for i in range(1, steps + 1):
+        row = {"step": i, "reward": 0.3 + 0.02 * i, "frac_reward_zero_std": 0.3, "completions/clipped_ratio": 0.05,
+               "completions/mean_length": 90.0, "entropy": 0.8, "kl": 0.01, "clip_ratio/region_mean": 0.02,
+               "loss": 0.05, "grad_norm": 0.4, "tokens_per_sec": 120.0, "hack/accuracy": 0.2 + 0.02 * i,
+               "hack/uses_numbers": 0.95, "hack/identical_answers": 0.0, "hack/copies_example": 0.0}
+        for key, value in changes.items():
+            row[key] = value(i) if callable(value) else value
+        rows.append(row)
+    return rows
+
+
+def rules(history, **kwargs) -> set[str]:
+    return {finding.rule for finding in diagnose(history, **kwargs)}
+
+
+def test_a_healthy_run_gets_a_clean_bill():
+    assert rules(healthy()) == set()
+    assert "nothing looks wrong" in report([])
+
+
+@pytest.mark.parametrize("rule,changes", [
+    ("no_signal", {"frac_reward_zero_std": 1.0}),
+    ("truncated", {"completions/clipped_ratio": 0.8}),
+    ("entropy_collapse", {"entropy": lambda i: 0.8 if i <= 5 else 0.05}),
+    ("unstable_update", {"kl": 3.0}),
+    ("unstable_update", {"clip_ratio/region_mean": 0.4}),
+    ("reward_hacking", {"hack/accuracy": 0.1}),  # reward rises (healthy's 0.3 -> 0.54), accuracy flat
+    ("loss_near_zero", {"loss": 0.0004}),
+    ("throughput_collapse", {"tokens_per_sec": lambda i: 120.0 if i <= 6 else 40.0}),
+])
+def test_each_rule_fires_on_its_problem(rule, changes):
+    findings = diagnose(healthy(**changes))
+    assert rule in {f.rule for f in findings}, findings
+    finding = next(f for f in findings if f.rule == rule)
+    assert finding.evidence and finding.advice and finding.severity in ("problem", "note")
+
+
+@pytest.mark.parametrize("changes", [
+    {"frac_reward_zero_std": lambda i: 1.0 if i < 10 else 0.2},  # flat groups early only: recovered
+    {"completions/clipped_ratio": 0.3},
+    {"entropy": lambda i: 0.8 - 0.02 * i},  # a slow, normal decline
+    {"kl": 0.3, "clip_ratio/region_mean": 0.1},
+    {"reward": 0.4},  # reward flat: nothing to explain, whatever accuracy does
+    {"loss": 0.0004, "grad_norm": 0.0},  # zero loss and zero gradient is no_signal's business, not this note's
+    {"tokens_per_sec": lambda i: 120.0 - 2 * i},
+    {"entropy": None, "kl": None},  # not logged (beta = 0, no entropy): the rules that need them stay silent
+])
+def test_rules_stay_silent_where_nothing_is_wrong(changes):
+    assert rules(healthy(**changes)) == set()
+
+
+def test_short_histories_are_not_judged():
+    assert rules(healthy(steps=3, **{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 0.9})) == set()
+
+
+def test_reward_hacking_quotes_the_top_scoring_completions(tmp_path):
+    history = healthy(**{"hack/accuracy": 0.1})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    completions = [{"step": 12, "reward": r, "completion": f"<answer>(1 + 2) / 3</answer> #{r}"} for r in (0.1, 0.9)]
+    completions.append({"step": 11, "reward": 5.0, "completion": "an older step"})
+    (tmp_path / "completions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in completions))
+    finding = next(f for f in diagnose_run(tmp_path) if f.rule == "reward_hacking")
+    assert "#0.9" in finding.evidence and "older step" not in finding.evidence
+    assert finding.evidence.index("#0.9") < finding.evidence.index("#0.1")
+    assert "GRPO doctor:" in report(diagnose_run(tmp_path))
+
+
+def test_a_folder_without_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no logged steps"):
+        diagnose_run(tmp_path)
+    with pytest.raises(ValueError, match="window=0"):
+        diagnose(healthy(), window=0)
