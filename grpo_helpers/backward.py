@@ -32,7 +32,7 @@ def part_weight(part: Batch, batch: Batch, *, loss_type: str, batches: int) -> f
     if loss_type == "dapo":
         return 1.0
     if loss_type == "bnpo":
-        share = part.rollout.completion_mask.sum().clamp(min=1) / batch.rollout.completion_mask.sum().clamp(min=1)
+        share = part.scored.sum().clamp(min=1) / batch.scored.sum().clamp(min=1)
         return float(share) / batches
     return part.advantages.shape[0] / batch.advantages.shape[0] / batches
 

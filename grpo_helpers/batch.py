@@ -30,6 +30,12 @@ class Batch:
     per_function: dict[str, list[float]] = field(default_factory=dict)
     tasks: list[dict] = field(default_factory=list)
     dynamic: dict[str, float] = field(default_factory=dict)  # dynamic sampling: zero-std shares, fresh prompts
+    loss_mask: torch.Tensor | None = None  # (B*G, C) tokens the loss counts; None: every completion token
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """The tokens the loss counts: the completion mask, less whatever `loss_mask` leaves out."""
+        return self.rollout.completion_mask if self.loss_mask is None else self.loss_mask
 
 
 def select(batch: Batch, prompts: slice, rows: slice) -> Batch:
@@ -43,7 +49,8 @@ def select(batch: Batch, prompts: slice, rows: slice) -> Batch:
                  advantages=batch.advantages[rows],
                  ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows],
                  old_logps=None if batch.old_logps is None else batch.old_logps[rows],
-                 rewards=batch.rewards[rows], tasks=batch.tasks[prompts])
+                 rewards=batch.rewards[rows], tasks=batch.tasks[prompts],
+                 loss_mask=None if batch.loss_mask is None else batch.loss_mask[rows])
 
 
 def pieces(batch: Batch, prompts_per_piece: int) -> list[Batch]:
@@ -72,14 +79,18 @@ def batch_logprobs(model: torch.nn.Module, batch: Batch, *, temperature: float) 
 
 
 def to_batch(rollout: Rollout, scores: RewardBreakdown, tasks: list[dict], *, scale_rewards: str,
-             batch_std: float | None = None, dynamic: dict[str, float] | None = None) -> Batch:
-    """The rollout with its rewards and group-relative advantages (GRPO's only use of the rewards)."""
+             batch_std: float | None = None, dynamic: dict[str, float] | None = None,
+             mask_truncated: bool = False) -> Batch:
+    """The rollout with its rewards and group-relative advantages (GRPO's only use of the rewards).
+    `mask_truncated`: completions cut at the length cap get no loss (DAPO's overlong filtering); they are still
+    scored by the model, so the attention sees them as sampled."""
     rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
     advantages = group_advantages(rewards, rollout.group_size, scale=scale_rewards, batch_std=batch_std)  # (B*G,)
     ids, mask = rollout.full_sequences()  # (B*G, P + C)
     return Batch(rollout=rollout, input_ids=ids, attention_mask=mask, advantages=advantages.to(ids.device),
                  ref_logps=None, old_logps=None, rewards=rewards, per_function=scores.per_function, tasks=tasks,
-                 dynamic=dynamic or {})
+                 dynamic=dynamic or {},
+                 loss_mask=rollout.completion_mask * ~rollout.truncated[:, None] if mask_truncated else None)
 
 
 def add_fixed_logprobs(batch: Batch, policy: torch.nn.Module, *, reference: torch.nn.Module | None,

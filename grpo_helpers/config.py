@@ -47,7 +47,8 @@ def _number_in(name: str, value: Any, low: float, high: float, *, low_open: bool
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
+IMPORTANCE_LEVELS = ("token", "sequence")
 REWARD_SCALES = ("group", "batch", "none")
 SCHEDULERS = ("constant", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -207,7 +208,9 @@ class RewardConfig:
 @dataclass
 class LossConfig:
     loss_type: str = "dapo"
-    """aggregation over tokens: grpo (per-sequence mean), bnpo (batch token mean), dr_grpo (batch x max length), dapo (token mean over the accumulation window)"""
+    """aggregation over tokens: grpo (per-sequence mean), bnpo (batch token mean), dr_grpo (batch x max length), dapo
+    (token mean over the accumulation window); cispo: MiniMax-M1's clipped importance weight times the log-prob,
+    aggregated as dapo"""
     beta: float = 0.04
     """KL weight toward the reference policy (0 skips the reference pass)"""
     clip_eps_low: float = 0.2
@@ -218,6 +221,13 @@ class LossConfig:
     """advantage = (r - group mean) / std of the group, of the batch, or not divided (none)"""
     num_iterations: int = 1
     """mu: optimisation passes over each rollout batch (the ratio is to the rollout-time policy)"""
+    importance_sampling_level: str = "token"
+    """token: one ratio per token (GRPO); sequence: one ratio per completion, the exp of its mean token log-ratio,
+    clipped per sequence (GSPO: use far smaller clip ranges, e.g. 3e-4 / 4e-4, and loss_type grpo)"""
+    cispo_eps_max: float = 5.0
+    """cispo only: the cap on the (detached) importance weight, MiniMax-M1's epsilon_max (TRL reuses epsilon_high)"""
+    mask_truncated_completions: bool = False
+    """completions cut at max_new_tokens contribute no loss (DAPO's overlong filtering)"""
 
     def __post_init__(self) -> None:
         _booleans(self)
@@ -227,6 +237,8 @@ class LossConfig:
         _number_in("clip_eps_high", self.clip_eps_high, 0.0, 10.0, low_open=True)
         _choice("scale_rewards", self.scale_rewards, REWARD_SCALES)
         _positive_int("num_iterations", self.num_iterations)
+        _choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_LEVELS)
+        _number_in("cispo_eps_max", self.cispo_eps_max, 0.0, 1000.0, low_open=True)
 
 
 @dataclass

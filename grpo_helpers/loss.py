@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from grpo_helpers.checks import require_choice, require_int
-from grpo_helpers.config import LOSS_TYPES, REWARD_SCALES
+from grpo_helpers.config import IMPORTANCE_LEVELS, LOSS_TYPES, REWARD_SCALES
 
 
 def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4,
@@ -267,8 +267,10 @@ def naive_completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, 
 
 
 def _check_loss_inputs(logps: Tensor, named: dict[str, Tensor | None], advantages: Tensor, loss_type: str,
-                       beta: float, max_completion_length: int | None, num_items_in_window: float | None) -> None:
+                       beta: float, max_completion_length: int | None, num_items_in_window: float | None,
+                       importance_sampling_level: str) -> None:
     require_choice("loss_type", loss_type, LOSS_TYPES)
+    require_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_LEVELS)
     if logps.ndim != 2:
         raise ValueError(f"logps must be (N, C), got shape {tuple(logps.shape)}")
     for name, tensor in named.items():
@@ -292,13 +294,22 @@ def _check_loss_inputs(logps: Tensor, named: dict[str, Tensor | None], advantage
 def grpo_loss(logps: Tensor, *, old_logps: Tensor | None, ref_logps: Tensor | None, advantages: Tensor,
               completion_mask: Tensor, loss_type: str = "dapo", beta: float = 0.04, clip_eps_low: float = 0.2,
               clip_eps_high: float = 0.2, max_completion_length: int | None = None,
-              num_items_in_window: float | None = None, entropy: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+              num_items_in_window: float | None = None, entropy: Tensor | None = None,
+              importance_sampling_level: str = "token", cispo_eps_max: float = 5.0) -> tuple[Tensor, dict[str, float]]:
     """Clipped GRPO surrogate + beta * k3 KL, per token (N, C), aggregated by `loss_type`:
 
     grpo     mean over each sequence's tokens, then over sequences (short completions weigh more per token)
     bnpo     mean over all tokens of this batch
     dr_grpo  sum / (N * max_completion_length): a constant normaliser, no length bias (Dr. GRPO)
     dapo     sum / num_items_in_window: every token of the accumulation window weighs the same (DAPO)
+    cispo    -min(ratio, cispo_eps_max).detach() * A * logp per token, aggregated as dapo (MiniMax-M1's CISPO):
+             the weight is clipped, never the gradient, so a rare token that matters still gets one
+
+    importance_sampling_level="sequence" (GSPO) replaces the token ratios by one per completion, exp of the mean
+    token log-ratio over its completion tokens, clipped (or, for cispo, capped) per sequence; it combines with
+    every loss_type (GSPO's paper: grpo's per-sequence mean). Both follow TRL's formulas and aggregation; the
+    one deliberate difference: cispo's cap is its own field, not clip_eps_high (a PPO-style 0.2-0.28 bound would
+    silently become a weight cap of 0.28 when a user switches loss_type).
 
     With gradient accumulation the trainer divides grpo/bnpo/dr_grpo losses by the number of accumulated
     batches; for dapo it instead passes num_items_in_window = completion tokens of the whole window summed over
@@ -308,13 +319,19 @@ def grpo_loss(logps: Tensor, *, old_logps: Tensor | None, ref_logps: Tensor | No
     """
     _check_loss_inputs(logps, {"old_logps": old_logps, "ref_logps": ref_logps, "completion_mask": completion_mask,
                                "entropy": entropy}, advantages, loss_type, beta, max_completion_length,
-                       num_items_in_window)
+                       num_items_in_window, importance_sampling_level)
     mask = completion_mask.bool()  # (N, C)
     old_logps = logps.detach() if old_logps is None else old_logps
     adv = advantages.unsqueeze(1)  # (N, 1)
-    ratio = torch.exp(torch.where(mask, logps - old_logps, 0.0))  # (N, C); 1 on masked tokens
-    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)  # (N, C)
+    log_ratio = torch.where(mask, logps - old_logps, 0.0)  # (N, C); 0 on masked tokens
+    if importance_sampling_level == "sequence":  # GSPO: one ratio per completion
+        log_ratio = log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+    ratio = torch.exp(log_ratio)  # (N, C) or (N, 1)
+    if loss_type == "cispo":
+        per_token = -torch.clamp(ratio, max=cispo_eps_max).detach() * adv * torch.where(mask, logps, 0.0)
+    else:
+        clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
+        per_token = -torch.min(ratio * adv, clipped * adv)  # (N, C) or (N, 1)
     kl = None
     if ref_logps is not None:
         delta = torch.where(mask, ref_logps - logps, 0.0)  # (N, C)
@@ -329,22 +346,24 @@ def grpo_loss(logps: Tensor, *, old_logps: Tensor | None, ref_logps: Tensor | No
         loss = per_token.sum() / tokens
     elif loss_type == "dr_grpo":
         loss = per_token.sum() / (logps.shape[0] * max_completion_length)
-    else:  # dapo
+    else:  # dapo, cispo
         loss = per_token.sum() / (tokens if num_items_in_window is None else num_items_in_window)
-    return loss, _loss_stats(ratio, adv, mask, kl, entropy, clip_eps_low, clip_eps_high)
+    bounds = (None, cispo_eps_max) if loss_type == "cispo" else (1 - clip_eps_low, 1 + clip_eps_high)
+    return loss, _loss_stats(ratio.expand_as(logps), adv, mask, kl, entropy, *bounds)
 
 
 @torch.no_grad()
 def _loss_stats(ratio: Tensor, adv: Tensor, mask: Tensor, kl: Tensor | None, entropy: Tensor | None,
-                clip_eps_low: float, clip_eps_high: float) -> dict[str, float]:
-    """Token means over completion tokens; clipping counts only where the clip actually cuts the gradient."""
+                low_bound: float | None, high_bound: float) -> dict[str, float]:
+    """Token means over completion tokens; clipping counts only where the clip actually cuts the gradient (for
+    cispo, which has no lower bound: where the weight is capped on a token it would push up)."""
     tokens = mask.sum().clamp(min=1)
 
     def masked_mean(x: Tensor) -> float:
         return (torch.where(mask, x.double(), 0.0).sum() / tokens).item()
 
-    low = (ratio < 1 - clip_eps_low) & (adv < 0)  # (N, C)
-    high = (ratio > 1 + clip_eps_high) & (adv > 0)
+    low = (ratio < low_bound) & (adv < 0) if low_bound is not None else torch.zeros_like(mask)  # (N, C)
+    high = (ratio > high_bound) & (adv > 0)
     real = ratio[mask]
     stats = {
         "clip_ratio/low_mean": masked_mean(low),

@@ -11,6 +11,7 @@ per-completion lists (`nums=[[..], ..]`, `target=[..]`) and unknown kwargs (`pro
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 import numbers
 import operator
@@ -250,6 +251,25 @@ def closeness_reward(completions: list[str], *, nums: list[list[int]], target: l
     return [_closeness(c, n, t) for c, n, t in zip(_strings(completions), nums, target)]
 
 
+def overlong_penalty_reward(completions: list[str], *, completion_lengths: list[int] | None = None,
+                            max_completion_length: int | None = None, overlong_buffer: int | None = None,
+                            **kwargs: Any) -> list[float]:
+    """DAPO's soft overlong punishment: 0 up to `max_completion_length - overlong_buffer` tokens, then falling
+    linearly to -1 at the cap (a completion cut there). The buffer defaults to a fifth of the cap (DAPO: 4k of
+    20k). Lengths are in tokens, so the trainer passes them; TRL's `get_soft_overlong_punishment` computes the same."""
+    if completion_lengths is None or max_completion_length is None:
+        raise ValueError("overlong_penalty needs completion_lengths and max_completion_length (token counts, which "
+                         "the trainer passes): it cannot be computed from the text alone")
+    if len(completion_lengths) != len(completions):
+        raise ValueError(f"{len(completion_lengths)} completion_lengths for {len(completions)} completions")
+    buffer = overlong_buffer if overlong_buffer is not None else max(1, round(0.2 * max_completion_length))
+    if not 0 < buffer <= max_completion_length:
+        raise ValueError(f"overlong_buffer={buffer!r} is not allowed: an integer in [1, max_completion_length]")
+    start = max_completion_length - buffer
+    return [0.0 if n <= start else -1.0 if n >= max_completion_length else (start - n) / buffer
+            for n in map(int, completion_lengths)]
+
+
 REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "format": format_reward,
     "equation": equation_reward,
@@ -258,6 +278,7 @@ REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "uses_numbers": uses_numbers_reward,
     "grounded_format": grounded_format_reward,
     "closeness": closeness_reward,
+    "overlong_penalty": overlong_penalty_reward,
 }
 # The seed's recipe: all-or-nothing. Fine for a 3B model, which is sometimes right from the start.
 SPARSE_WEIGHTS = {"format": 1.0, "equation": 1.0}
@@ -325,14 +346,27 @@ def _checked(name: str, scores: Any, n: int, where: str) -> list[float]:
     return values
 
 
+def _accepted(function: Callable[..., Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The extra keyword arguments the function can take: all of them with **kwargs, else those it names (a user's
+    `f(completions, nums, target)` written before lengths were passed keeps working)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return extra
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return extra
+    return {key: value for key, value in extra.items() if key in parameters}
+
+
 def call_reward(name: str, completions: list[str], *, nums: list[list[int]], target: list[int],
-                step: int | None = None, time_limit: float | None = None) -> tuple[list[float], float]:
-    """Run one registered reward function on a batch, checked: (scores, seconds it took)."""
+                step: int | None = None, time_limit: float | None = None, **extra: Any) -> tuple[list[float], float]:
+    """Run one registered reward function on a batch, checked: (scores, seconds it took). `extra` (e.g. the
+    completions' token lengths) reaches the function as keyword arguments, as TRL passes them."""
     where = "" if step is None else f" at step {step}"
     start = time.perf_counter()
     try:
         with _time_limit(time_limit, name, where):
-            scores = REWARD_FUNCTIONS[name](completions, nums=nums, target=target)
+            scores = REWARD_FUNCTIONS[name](completions, nums=nums, target=target, **_accepted(REWARD_FUNCTIONS[name], extra))
     except RewardError:
         raise
     except Exception as error:
@@ -346,7 +380,7 @@ def call_reward(name: str, completions: list[str], *, nums: list[list[int]], tar
 
 def score_completions(completions: list[str], *, nums: list[list[int]], target: list[int],
                       weights: dict[str, float], step: int | None = None,
-                      time_limit: float | None = None) -> RewardBreakdown:
+                      time_limit: float | None = None, **extra: Any) -> RewardBreakdown:
     """Every weighted reward function on a batch (each output checked), plus the weighted total (what GRPO turns
     into advantages) and the time each function took."""
     if not weights:
@@ -359,7 +393,7 @@ def score_completions(completions: list[str], *, nums: list[list[int]], target: 
     per_function, seconds = {}, {}
     for name in weights:
         per_function[name], seconds[name] = call_reward(name, completions, nums=nums, target=target, step=step,
-                                                        time_limit=time_limit)
+                                                        time_limit=time_limit, **extra)
     total = [sum(weights[name] * per_function[name][i] for name in weights) for i in range(len(completions))]
     return RewardBreakdown(total=total, per_function=per_function, seconds=seconds)
 

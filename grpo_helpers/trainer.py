@@ -161,7 +161,9 @@ class GRPOTrainer:
         nums = [t["nums"] for t in tasks for _ in range(G)]
         target = [t["target"] for t in tasks for _ in range(G)]
         return rollout, score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights,
-                                          step=self.step + 1, time_limit=cfg.rewards.reward_time_limit)
+                                          step=self.step + 1, time_limit=cfg.rewards.reward_time_limit,
+                                          completion_lengths=rollout.lengths.tolist(),
+                                          max_completion_length=cfg.rollout.max_new_tokens)
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
@@ -180,7 +182,7 @@ class GRPOTrainer:
         if cfg.loss.scale_rewards == "batch" and self.world_size > 1:  # the std of every process's rewards, as TRL
             batch_std = float(gather(self.accelerator, torch.tensor(scores.total)).std())
         batch = to_batch(rollout, scores, tasks, scale_rewards=cfg.loss.scale_rewards, batch_std=batch_std,
-                         dynamic=dynamic)
+                         dynamic=dynamic, mask_truncated=cfg.loss.mask_truncated_completions)
         add_fixed_logprobs(batch, model, reference=self.ref_model, temperature=cfg.rollout.temperature,
                            reference_needed=cfg.loss.beta > 0, old_needed=cfg.loss.num_iterations > 1)
         t2 = time.perf_counter()
@@ -191,15 +193,18 @@ class GRPOTrainer:
     def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         return grpo_loss(logps, old_logps=batch.old_logps, ref_logps=batch.ref_logps, advantages=batch.advantages,
-                         completion_mask=batch.rollout.completion_mask, loss_type=cfg.loss.loss_type,
+                         completion_mask=batch.scored, loss_type=cfg.loss.loss_type,
                          beta=cfg.loss.beta, clip_eps_low=cfg.loss.clip_eps_low, clip_eps_high=cfg.loss.clip_eps_high,
                          max_completion_length=cfg.rollout.max_new_tokens,
-                         num_items_in_window=window_tokens / self.world_size)  # exact, as TRL divides
+                         num_items_in_window=window_tokens / self.world_size,  # exact, as TRL divides
+                         importance_sampling_level=cfg.loss.importance_sampling_level,
+                         cispo_eps_max=cfg.loss.cispo_eps_max)
 
     def optimize(self, batches: list[Batch]) -> dict[str, float]:
         """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass)."""
         cfg = self.config
-        window_tokens = int(total(self.accelerator, sum(int(b.rollout.completion_mask.sum()) for b in batches)))
+        # at least 1: with every completion masked (all truncated) the loss is 0, not 0 / 0
+        window_tokens = max(1, int(total(self.accelerator, sum(int(b.scored.sum()) for b in batches))))
         self.model.train()
         passes = []
         for _ in range(cfg.loss.num_iterations):

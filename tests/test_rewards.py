@@ -150,7 +150,7 @@ def test_trl_style_kwargs_and_bad_columns():
 
 
 def test_registry_and_presets_match_config():
-    assert set(REWARD_FUNCTIONS) == set(NAMES) | {"grounded_format", "closeness"}
+    assert set(REWARD_FUNCTIONS) == set(NAMES) | {"grounded_format", "closeness", "overlong_penalty"}
     assert set(SPARSE_WEIGHTS) <= set(REWARD_FUNCTIONS) and set(SHAPED_WEIGHTS) <= set(REWARD_FUNCTIONS)
     assert set(GROUNDED_WEIGHTS) <= set(REWARD_FUNCTIONS)
     assert load_config("cpu").rewards.reward_weights == GROUNDED_WEIGHTS
