@@ -38,24 +38,29 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _recent_mean_above(history, key: str, window: int, threshold: float) -> float | None:
+    """The mean of `key` over the last `window` steps when there are that many and it reaches `threshold`."""
+    share = _mean(history[-window:], key)
+    return share if len(history) >= window and share is not None and share >= threshold else None
+
+
 def _no_signal(history, window) -> Finding | None:
-    recent = history[-window:]
-    share = _mean(recent, "frac_reward_zero_std")
-    if len(recent) < window or share is None or share < 0.9:
+    share = _recent_mean_above(history, "frac_reward_zero_std", window, 0.9)
+    if share is None:
         return None
     return Finding("no_signal", "problem", "Almost every group's rewards are all equal: the advantages are zero, so "
                    "GRPO has nothing to learn from.",
-                   f"frac_reward_zero_std = {share:.2f} over the last {len(recent)} steps",
+                   f"frac_reward_zero_std = {share:.2f} over the last {window} steps",
                    "partial-credit rewards (rewards.GROUNDED_WEIGHTS), a larger group_size, easier tasks (tiers, "
                    "curriculum='success'), dynamic_sampling > 0, or a cold start (sft_steps) if the base model never "
                    "succeeds")
 
 
 def _truncated(history, window) -> Finding | None:
-    recent = history[-window:]
-    share = _mean(recent, "completions/clipped_ratio")
-    if len(recent) < window or share is None or share < 0.5:
+    share = _recent_mean_above(history, "completions/clipped_ratio", window, 0.5)
+    if share is None:
         return None
+    recent = history[-window:]
     return Finding("truncated", "problem", "Most completions hit max_new_tokens before finishing: their answers are "
                    "cut off and score as wrong, whatever the reasoning was.",
                    f"completions/clipped_ratio = {share:.2f} over the last {len(recent)} steps "
