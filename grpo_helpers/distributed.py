@@ -6,6 +6,7 @@ Each helper is a no-op (or the plain value) on one process without DeepSpeed, wh
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Iterable
 
 import torch
 from accelerate import Accelerator
@@ -26,17 +27,27 @@ def size_deepspeed_engine(accelerator: Accelerator, *, micro_batch: int, max_gra
         plugin.deepspeed_config["gradient_clipping"] = max_grad_norm
 
 
+def zero3_sharded(params: Iterable[torch.Tensor]) -> bool:
+    """DeepSpeed ZeRO-3 marks its sharded weights with `ds_id`; its hooks re-gather them during every forward."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def gathered(params: list[torch.Tensor]):
+    """A context in which these parameters are whole on every rank: gathered if ZeRO-3 shards them, else as they are."""
+    if not zero3_sharded(params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def whole_weights(accelerator: Accelerator, model: torch.nn.Module):
     """A context in which every weight is whole on every rank.
 
     DeepSpeed ZeRO-3 shards every weight across ranks; sampling token by token needs whole matrices, so they are
     gathered for the rollout: each rank briefly holds the full model (for a 3B model in bf16, ~6 GB per GPU on top
     of its shard). Not yet run on GPUs: DeepSpeed's per-layer hooks may still re-gather during decoding."""
-    if zero_stage(accelerator) != 3:
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return gathered(list(model.parameters())) if zero_stage(accelerator) == 3 else nullcontext()
 
 
 def gathered_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack, contextmanager
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from transformers import Cache, DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
+from grpo_helpers.distributed import zero3_sharded
 from grpo_helpers.loss import position_ids_from_mask
 from grpo_helpers.models import bf16_is_fast, release_freed_memory
 from grpo_helpers.rollout import PlainDecoding
@@ -33,16 +34,16 @@ class FastDecoding(PlainDecoding):
 
     def __init__(self, model: torch.nn.Module, *, bf16: bool | None = None, cuda_graph: bool = True):
         self.model, self.cuda_graph = model, cuda_graph
-        device = next(model.parameters()).device
+        self.device = next(model.parameters()).device
         # autocast only for a model that computes in fp32 (bf16 weights are bf16 already)
-        self.bf16 = ((bf16_is_fast(device) if bf16 is None else bf16)
+        self.bf16 = ((bf16_is_fast(self.device) if bf16 is None else bf16)
                      and model.get_input_embeddings().weight.dtype == torch.float32)
         self._stack = ExitStack()
 
     def __enter__(self) -> "FastDecoding":
         self._stack.enter_context(lora_folded(self.model))
         if self.bf16:
-            self._stack.enter_context(torch.autocast(next(self.model.parameters()).device.type, dtype=torch.bfloat16))
+            self._stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
         else:
             self._stack.enter_context(onednn_decode_linears(self.model))
         return self
@@ -138,11 +139,6 @@ class FixedShapeDecoder:
         with torch.cuda.graph(self.graph):
             self.logits = self._step()  # recorded, not run: the cache's position counter is not advanced twice
         return logits
-
-
-def zero3_sharded(params: Iterable[torch.Tensor]) -> bool:
-    """DeepSpeed ZeRO-3 marks its sharded weights with `ds_id`; its hooks re-gather them during every forward."""
-    return any(hasattr(p, "ds_id") for p in params)
 
 
 def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

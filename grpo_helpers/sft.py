@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from grpo_helpers.checkpoint import resume_training, save_training_checkpoint, seed_everything
 from grpo_helpers.config import ConfigError, GRPOConfig
 from grpo_helpers.data import PromptSampler, render_prompts, tokenize_prompts
+from grpo_helpers.distributed import zero_stage
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
 from grpo_helpers.run_folder import RunLock, append_json_lines, keep_lines_up_to, read_json_lines
@@ -88,7 +89,7 @@ class ColdStart:
                  callbacks: list[Callable[["ColdStart", dict[str, Any]], None]] | tuple = ()):
         cfg = config.cold_start
         self.accelerator = accelerator or Accelerator()
-        if self.accelerator.state.deepspeed_plugin is not None:
+        if zero_stage(self.accelerator) is not None:
             raise ConfigError("the cold start does not run under DeepSpeed yet: run it on one process or under DDP "
                               "(launch/ddp.sh) and pass its adapter as init_adapter, or set sft_steps=0")
         if cfg.sft_steps < 1:

@@ -18,7 +18,6 @@ import importlib
 import importlib.util
 import sys
 import time
-from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from grpo_helpers.config import describe, load_config  # noqa: E402
 from grpo_helpers.data import load_split  # noqa: E402
+from grpo_helpers.distributed import gathered  # noqa: E402
 from grpo_helpers.sft import run_cold_start  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
 
@@ -55,12 +55,7 @@ def adapter_checksum(model: torch.nn.Module) -> float:
     Under DeepSpeed ZeRO-3 each rank holds only a shard (the local tensors are empty), so the full weights are
     gathered first: otherwise every rank would report 0 and the check could never fail."""
     params = [p for p in model.parameters() if p.requires_grad]
-    gathered = nullcontext()
-    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 partitioned parameters
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    with gathered:
+    with gathered(params):  # ZeRO-3 partitioned parameters are gathered first
         if any(p.numel() == 0 for p in params):
             raise RuntimeError("adapter_checksum: a trainable parameter is empty even after gathering")
         return float(sum(p.detach().double().sum() for p in params))
