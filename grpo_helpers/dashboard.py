@@ -123,20 +123,24 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 
 class LiveDashboard(Callback):
-    """Redraws one figure every `every` steps (and after each evaluation); prints lines outside a kernel."""
+    """Redraws one figure every `every` steps (and after each evaluation); prints lines outside a kernel.
+
+    `save_to` is written at each checkpoint, after each evaluation and at the last step, not at every redraw: saving
+    a PNG costs about as much as drawing it, and the live view already shows every step."""
 
     def __init__(self, *, every: int = 1, smooth: int = 5, save_to: str | Path | None = None):
         self.every, self.smooth, self.save_to = every, smooth, save_to
         self.live = in_notebook()
         self.handle = None
 
-    def _draw(self, trainer) -> None:
-        if not (self.live or self.save_to):
+    def _draw(self, trainer, *, save: bool) -> None:
+        save = save and self.save_to is not None
+        if not (self.live or save):
             return
         import matplotlib.pyplot as plt
 
         fig = plot_metrics(trainer.history, trainer.eval_history, smooth=self.smooth)
-        if self.save_to:
+        if save:
             Path(self.save_to).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(self.save_to, dpi=110)
         if self.live:
@@ -151,12 +155,17 @@ class LiveDashboard(Callback):
     def on_step_end(self, trainer, metrics: dict[str, Any]) -> None:
         if not self.live:
             print(summary_line(metrics), flush=True)
-        if metrics["step"] % self.every == 0 or metrics["step"] == trainer.config.train.max_steps:
-            self._draw(trainer)
+        last = metrics["step"] == trainer.config.train.max_steps
+        if metrics["step"] % self.every == 0 or last:
+            self._draw(trainer, save=last)
 
     def on_eval(self, trainer, metrics: dict[str, Any]) -> None:
         if not self.live:
             print(f"eval @ step {metrics['step']}: accuracy {metrics['eval/accuracy']:.3f}, "
                   f"format {metrics['eval/format_rate']:.3f}, length {metrics['eval/mean_length']:.0f}", flush=True)
         if trainer.history:
-            self._draw(trainer)
+            self._draw(trainer, save=True)
+
+    def on_checkpoint(self, trainer, path: Path) -> None:
+        if trainer.history:
+            self._draw(trainer, save=True)  # an interrupted run keeps a figure as recent as its last checkpoint
