@@ -5,9 +5,9 @@ cache and mask, `torch.multinomial`, the LoRA branch as peft runs it) and peft's
 this file is what makes the same algorithm cheap enough to watch on a laptop CPU. tests/test_fast.py checks each
 trick against the plain version; bench/RESULTS.md ("Why the speed tricks") says what each one buys and why.
 
-- `FastDecoding`: how `generate_groups` decodes when fast: LoRA folded into the weights, oneDNN linears, bf16
-  autocast where the hardware is fast at it, a preallocated cache with fixed-shape steps (a CUDA graph on a GPU),
-  and an inverse-CDF sampler.
+- `FastDecoding`: how `generate_groups` decodes when fast: LoRA folded into the weights, oneDNN linears (bf16
+  autocast instead on a GPU that is fast at it), a preallocated cache with fixed-shape steps (a CUDA graph on a
+  GPU), and an inverse-CDF sampler.
 - `fuse_lora_dropout`: LoRA's dropout and A matrix as one layer that keeps a 1-byte mask for the backward.
 """
 
@@ -35,9 +35,12 @@ class FastDecoding(PlainDecoding):
     def __init__(self, model: torch.nn.Module, *, bf16: bool | None = None, cuda_graph: bool = True):
         self.model, self.cuda_graph = model, cuda_graph
         self.device = next(model.parameters()).device
-        # autocast only for a model that computes in fp32 (bf16 weights are bf16 already)
-        self.bf16 = ((bf16_is_fast(self.device) if bf16 is None else bf16)
-                     and model.get_input_embeddings().weight.dtype == torch.float32)
+        # bf16=None: autocast on a GPU that is fast at bf16 only. On a CPU, even one with AMX, fp32 with oneDNN
+        # linears decoded the bundled model faster than autocast did (bench/RESULTS.md), and it samples from the
+        # very numbers the fp32 trainer scores. Autocast only for a model that computes in fp32 (bf16 weights are
+        # bf16 already).
+        default = self.device.type == "cuda" and bf16_is_fast(self.device)
+        self.bf16 = (default if bf16 is None else bf16) and model.get_input_embeddings().weight.dtype == torch.float32
         self._stack = ExitStack()
 
     def __enter__(self) -> "FastDecoding":

@@ -170,7 +170,8 @@ def generate_groups(
 
     `greedy` takes the argmax (for evaluation); then all G samples of a prompt are identical, so use group_size=1
     with it. `fast` switches on the speed tricks of grpo_helpers/fast.py; with them, bf16=None picks bf16 autocast
-    only where the hardware has fast bf16 matmuls, and `cuda_graph` replays the decode step as a CUDA graph on a GPU.
+    only on a GPU with fast bf16 matmuls (bf16=True asks for it anywhere), and `cuda_graph` replays the decode step
+    as a CUDA graph on a GPU.
     """
     if group_size < 1 or max_new_tokens < 1:
         raise ValueError(f"group_size={group_size} and max_new_tokens={max_new_tokens} must both be >= 1")

@@ -179,7 +179,7 @@ def test_fixed_shape_decoding_samples_what_the_growing_mask_samples(tokenizer, m
 
 
 def test_bf16_autocast_of_fp32_weights_decodes_with_a_growing_cache(tokenizer, monkeypatch):
-    """Where the CPU (or GPU) is fast at bf16, fp32 weights sample under autocast; keys and values then differ in
+    """Under bf16 autocast (a GPU's default, a CPU's when asked) fp32 weights give keys and values of another
     dtype, which a preallocated cache cannot hold (this failed on a Xeon with AMX). Greedy tokens still follow
     the model: the same as an fp32 run for a few tokens at least (bf16 rounding may change later choices)."""
     model = tiny_llama(tokenizer).eval()
@@ -188,6 +188,17 @@ def test_bf16_autocast_of_fp32_weights_decodes_with_a_growing_cache(tokenizer, m
     assert type(made[-1]).__name__ == "GrowingMaskDecoder"
     plain = generate_groups(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=6, greedy=True, bf16=False)
     assert torch.equal(fast.completion_ids[:, :2], plain.completion_ids[:, :2])
+
+
+def test_a_cpu_decodes_in_fp32_unless_asked_even_with_fast_bf16(tokenizer, monkeypatch):
+    """On a CPU the default (bf16=None) is fp32 with oneDNN linears, on AMX machines too: faster there, and the
+    sampler then draws from the numbers the fp32 trainer scores."""
+    import grpo_helpers.fast as fast
+
+    monkeypatch.setattr(fast, "bf16_is_fast", lambda device: True)  # as on a Xeon with AMX
+    model = tiny_llama(tokenizer).eval()
+    assert fast.FastDecoding(model).bf16 is False
+    assert fast.FastDecoding(model, bf16=True).bf16 is True
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
