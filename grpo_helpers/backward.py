@@ -20,7 +20,8 @@ from grpo_helpers.batch import Batch, batch_logprobs, hf_checkpointing, pieces, 
 from grpo_helpers.distributed import average_gradients, zero_stage
 from grpo_helpers.loss import grouped_logprobs_backward
 
-LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, float]]]  # (log-probs, batch) -> loss, stats
+# (log-probs, batch, entropy=None) -> loss, stats; the entropy (same shape as the log-probs) only feeds the stats
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
 
 def part_weight(part: Batch, batch: Batch, *, loss_type: str, batches: int) -> float:
@@ -41,28 +42,33 @@ def window_backward(model: torch.nn.Module, batches: list[Batch], loss_fn: LossF
                     loss_type: str, prompts_per_pass: int, rows_per_pass: int, temperature: float,
                     check_finite: Callable[[torch.Tensor], None]) -> dict[str, float]:
     """Leave the window's loss gradient on the model's parameters (averaged over processes); return the window's
-    loss and the batches' mean stats, computed from the parts' log-probs."""
+    loss and the batches' mean stats, computed from the parts' log-probs (and entropies: the policy's, in the
+    same forward that trains it, as TRL logs it)."""
     small_passes = zero_stage(accelerator) is None and not hf_checkpointing(model)
     sums: dict[str, float] = {}
     for index, batch in enumerate(batches):
-        logps = []
+        logps, entropies = [], []
         parts = pieces(batch, prompts_per_pass)
         for number, piece in enumerate(parts):
             if small_passes:  # gradients stay local; averaged once below
                 with accelerator.no_sync(model):
-                    logps.append(_small_passes(model, piece, batch, loss_fn, accelerator=accelerator,
-                                               loss_type=loss_type, batches=len(batches), rows_per_pass=rows_per_pass,
-                                               temperature=temperature, check_finite=check_finite))
-                continue
-            last = index == len(batches) - 1 and number == len(parts) - 1
-            with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once, on the last backward
-                piece_logps = batch_logprobs(model, piece, temperature=temperature)  # with gradient
-                piece_loss, _ = loss_fn(piece_logps, piece)
-                check_finite(piece_loss)
-                accelerator.backward(piece_loss * part_weight(piece, batch, loss_type=loss_type, batches=len(batches)))
+                    piece_logps, entropy = _small_passes(
+                        model, piece, batch, loss_fn, accelerator=accelerator, loss_type=loss_type,
+                        batches=len(batches), rows_per_pass=rows_per_pass, temperature=temperature,
+                        check_finite=check_finite)
+            else:
+                last = index == len(batches) - 1 and number == len(parts) - 1
+                with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once, on the last backward
+                    piece_logps, entropy = batch_logprobs(model, piece, temperature=temperature,
+                                                          return_entropy=True)  # with gradient
+                    piece_loss, _ = loss_fn(piece_logps, piece)
+                    check_finite(piece_loss)
+                    accelerator.backward(piece_loss * part_weight(piece, batch, loss_type=loss_type,
+                                                                  batches=len(batches)))
             logps.append(piece_logps.detach())
+            entropies.append(entropy)
         with torch.no_grad():  # the whole batch's loss value and stats (finite: its parts were)
-            loss, stats = loss_fn(torch.cat(logps), batch)
+            loss, stats = loss_fn(torch.cat(logps), batch, entropy=torch.cat(entropies))
         share = 1.0 if loss_type == "dapo" else 1.0 / len(batches)  # of the window's loss
         for key, value in {"loss": loss.item() * share, **{k: v / len(batches) for k, v in stats.items()}}.items():
             sums[key] = sums.get(key, 0.0) + value
@@ -72,8 +78,9 @@ def window_backward(model: torch.nn.Module, batches: list[Batch], loss_fn: LossF
 
 
 def _small_passes(model, piece: Batch, batch: Batch, loss_fn: LossFn, *, accelerator: Accelerator, loss_type: str,
-                  batches: int, rows_per_pass: int, temperature: float, check_finite) -> torch.Tensor:
-    """Backward of the piece's loss share, `rows_per_pass` completions at a time; its log-probs (r, C)."""
+                  batches: int, rows_per_pass: int, temperature: float,
+                  check_finite) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of the piece's loss share, `rows_per_pass` completions at a time; its log-probs and entropies."""
     r = piece.rollout
 
     def share(logps: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -84,4 +91,4 @@ def _small_passes(model, piece: Batch, batch: Batch, loss_fn: LossFn, *, acceler
 
     return grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
                                      r.group_size, share, rows_per_pass=rows_per_pass, backward=accelerator.backward,
-                                     temperature=temperature)
+                                     temperature=temperature, return_entropy=True)

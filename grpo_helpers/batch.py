@@ -68,14 +68,15 @@ def hf_checkpointing(model: torch.nn.Module) -> bool:
     return getattr(inner, "is_gradient_checkpointing", False) and model.training
 
 
-def batch_logprobs(model: torch.nn.Module, batch: Batch, *, temperature: float) -> torch.Tensor:
-    """Completion log-probs (B*G, C); each prompt runs once per group unless HF checkpointing forbids a cache."""
+def batch_logprobs(model: torch.nn.Module, batch: Batch, *, temperature: float, return_entropy: bool = False):
+    """Completion log-probs (B*G, C) (and the entropy at each position, with `return_entropy`); each prompt runs
+    once per group unless HF checkpointing forbids a cache."""
     r = batch.rollout
     if hf_checkpointing(model):
         return completion_logprobs(model, batch.input_ids, batch.attention_mask, r.completion_ids.shape[1],
-                                   temperature=temperature)
+                                   temperature=temperature, return_entropy=return_entropy)
     return grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
-                                       r.group_size, temperature=temperature)
+                                       r.group_size, temperature=temperature, return_entropy=return_entropy)
 
 
 def to_batch(rollout: Rollout, scores: RewardBreakdown, tasks: list[dict], *, scale_rewards: str,

@@ -1,5 +1,5 @@
-"""Watching a run: one matplotlib figure (reward, hack monitor, accuracy per tier, KL, length, signal), updated
-in place in a notebook.
+"""Watching a run: one matplotlib figure (reward, hack monitor, accuracy per tier, entropy and KL, length, signal),
+updated in place in a notebook, with the GRPO doctor's verdict under it.
 
 In a Jupyter kernel (JupyterLab or papermill) the figure is shown once with a display id and redrawn with
 `handle.update(...)`, so a long run keeps one live picture instead of hundreds. Outside a kernel the same callback
@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from grpo_helpers.callbacks import Callback
+from grpo_helpers.doctor import Doctor, report
 from grpo_helpers.monitor import hack_warning
 from grpo_helpers.run_folder import read_json_lines
-from grpo_helpers.trainer import Callback
 
 
 def in_notebook() -> bool:
@@ -42,7 +43,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any]] | None = None, *,
                  smooth: int = 5, title: str = "GRPO run"):
     """2x3 panels: reward (total and per function), the hack monitor, held-out accuracy per tier (Wilson 95 %),
-    KL (when measured), completion length (and clipped share), and the share of groups with no learning signal."""
+    entropy and KL (when measured), completion length (and clipped share), and the share of groups with no signal."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 7), constrained_layout=True)
@@ -83,15 +84,20 @@ def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any
         ax.legend(fontsize=7)
     ax.set(title="held-out evaluation (greedy, Wilson 95 %)", xlabel="step", ylim=(-0.02, 1.02))
 
-    ax = axes[1, 0]
+    ax = axes[1, 0]  # the policy's entropy (collapse ends exploration) and, when measured, its KL to the reference
+    with_entropy = [m for m in history if "entropy" in m]
+    if with_entropy:
+        ax.plot([m["step"] for m in with_entropy], [m["entropy"] for m in with_entropy], color="tab:purple")
+        ax.set_ylabel("entropy (nats per token)", color="tab:purple")
     measured = [m for m in history if "kl" in m]
     if measured:
-        ax.plot([m["step"] for m in measured], [m["kl"] for m in measured], color="tab:red")
-        ax.set(title="KL to reference (k3)", xlabel="step")
-    else:
-        ax.text(0.5, 0.5, "not measured: beta = 0\n(no reference pass)", ha="center", va="center",
-                transform=ax.transAxes, color="tab:gray")
-        ax.set(title="KL to reference", xlabel="step", xticks=[], yticks=[])
+        twin = ax.twinx()
+        twin.plot([m["step"] for m in measured], [m["kl"] for m in measured], color="tab:red")
+        twin.set_ylabel("KL to reference (k3)", color="tab:red")
+    elif history:
+        ax.text(0.98, 0.95, "KL not measured: beta = 0", ha="right", va="top", transform=ax.transAxes,
+                color="tab:gray", fontsize=8)
+    ax.set(title="policy entropy and KL to reference", xlabel="step")
 
     ax = axes[1, 1]
     ax.plot(steps, [m["completions/mean_length"] for m in history], color="tab:green", label="mean length")
@@ -123,15 +129,17 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 
 class LiveDashboard(Callback):
-    """Redraws one figure every `every` steps (and after each evaluation); prints lines outside a kernel.
+    """Redraws one figure every `every` steps (and after each evaluation), with the GRPO doctor's current verdict
+    under it (`doctor=False`: no doctor); outside a kernel it prints a line per step and each new finding.
 
     `save_to` is written at each checkpoint, after each evaluation and at the last step, not at every redraw: saving
     a PNG costs about as much as drawing it, and the live view already shows every step."""
 
-    def __init__(self, *, every: int = 1, smooth: int = 5, save_to: str | Path | None = None):
+    def __init__(self, *, every: int = 1, smooth: int = 5, save_to: str | Path | None = None, doctor: bool = True):
         self.every, self.smooth, self.save_to = every, smooth, save_to
         self.live = in_notebook()
-        self.handle = None
+        self.doctor = Doctor(announce=not self.live) if doctor else None
+        self.handle = self.doctor_handle = None
 
     def _draw(self, trainer, *, save: bool) -> None:
         save = save and self.save_to is not None
@@ -150,11 +158,24 @@ class LiveDashboard(Callback):
                 self.handle = display(fig, display_id=True)
             else:
                 self.handle.update(fig)
+            if self.doctor is not None:
+                self._show_doctor()
         plt.close(fig)  # the display keeps the rendered image; no duplicate figure at the end of the cell
+
+    def _show_doctor(self) -> None:
+        from IPython.display import Pretty, display
+
+        verdict = Pretty(report(self.doctor.findings))
+        if self.doctor_handle is None:
+            self.doctor_handle = display(verdict, display_id=True)
+        else:
+            self.doctor_handle.update(verdict)
 
     def on_step_end(self, trainer, metrics: dict[str, Any]) -> None:
         if not self.live:
             print(summary_line(metrics), flush=True)
+        if self.doctor is not None:
+            self.doctor.on_step_end(trainer, metrics)
         last = metrics["step"] == trainer.config.train.max_steps
         if metrics["step"] % self.every == 0 or last:
             self._draw(trainer, save=last)

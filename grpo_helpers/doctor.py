@@ -2,8 +2,9 @@
 
 Each rule looks at the step metrics the trainer logs (metrics.jsonl; TRL's names where they exist) and fires only on
 a pattern that means trouble, never on one step's noise: most look at a window of recent steps. Rules that need a
-metric the run did not log (entropy, KL when beta = 0) stay silent. `diagnose` works on a live history (the
-`Doctor` callback runs it during training) and `diagnose_run` on a finished run folder.
+metric the run did not log (KL when beta = 0) stay silent. `diagnose` works on a live history (the `Doctor`
+callback runs it after every step, the live dashboard shows its verdict, and `train()` prints it at the end) and
+`diagnose_run` on a finished run folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from grpo_helpers.callbacks import Callback
 from grpo_helpers.errors import MissingFileError
 from grpo_helpers.monitor import hack_warning
 from grpo_helpers.run_folder import read_json_lines
@@ -167,6 +171,24 @@ def diagnose_run(folder: str | Path, *, window: int = WINDOW) -> list[Finding]:
     last_step = history[-1]["step"]
     completions = [row for row in read_json_lines(folder / "completions.jsonl") if row["step"] == last_step]
     return diagnose(history, completions=completions, window=window)
+
+
+class Doctor(Callback):
+    """The doctor during training: diagnoses after every step and says each new finding once, when it first
+    appears (a rule that stops firing and fires again is said again). `findings` holds the current verdict, which
+    the live dashboard shows under its figure."""
+
+    def __init__(self, *, window: int = WINDOW, announce: bool = True):
+        self.window, self.announce = window, announce
+        self.findings: list[Finding] = []
+
+    def on_step_end(self, trainer, metrics: dict[str, Any]) -> None:
+        said = {finding.rule for finding in self.findings}
+        self.findings = diagnose(trainer.history, completions=trainer.last_completions, window=self.window)
+        if self.announce and trainer.accelerator.is_main_process:
+            for finding in self.findings:
+                if finding.rule not in said:
+                    tqdm.write(f"GRPO doctor at step {metrics['step']}: {finding}")
 
 
 def report(findings: list[Finding]) -> str:

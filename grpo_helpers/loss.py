@@ -203,7 +203,8 @@ def _rows_hidden(model, prompt_out: list[Tensor], prompt_mask: Tensor, completio
 
 def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                               completion_mask: Tensor, group_size: int, loss_fn, *, rows_per_pass: int = 1,
-                              backward=Tensor.backward, chunk_size: int = 128, temperature: float = 1.0) -> Tensor:
+                              backward=Tensor.backward, chunk_size: int = 128, temperature: float = 1.0,
+                              return_entropy: bool = False):
     """Forward and backward of a loss of the B*G completions' log-probs, `rows_per_pass` completions at a time.
 
     Activation memory is what training on a CPU runs out of first: scoring a whole group keeps every layer's
@@ -218,7 +219,8 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
     their scalar share of the loss; `backward` is called on it (pass `accelerator.backward`). The gradient equals
     that of the summed shares computed in one pass (up to float rounding). Dropout draws the same masks in both
     passes of a prompt (the RNG state is replayed); the draws go prompt by prompt, then the completions.
-    Returns the detached log-probs (B*G, C).
+    Returns the detached log-probs (B*G, C), and with `return_entropy` also the policy's entropy at each
+    completion position (B*G, C), taken from the same logits, so it costs no extra forward.
     Under DistributedDataParallel call it inside `no_sync` and reduce the gradients yourself: the last backward
     here goes through the unwrapped model.
     """
@@ -235,12 +237,15 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
             outputs.append(_prompt_pass(inner, prompt_ids[one], prompt_mask[one]))
     leaves = [torch.cat(parts).requires_grad_() for parts in zip(*outputs)]  # (B, ...) each
     del outputs
-    n_rows, logps = completion_ids.shape[0], []
+    n_rows, logps, entropies = completion_ids.shape[0], [], []
     for start in range(0, n_rows, rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, n_rows))
         hidden = _rows_hidden(model, leaves, prompt_mask, completion_ids, completion_mask, group_size, rows)
-        piece = _head_logps(model, hidden, completion_ids[rows], chunk_size, temperature, False)  # (r, C)
-        backward(loss_fn(piece, rows))
+        piece = _head_logps(model, hidden, completion_ids[rows], chunk_size, temperature, return_entropy)
+        if return_entropy:
+            piece, entropy = piece
+            entropies.append(entropy)
+        backward(loss_fn(piece, rows))  # piece: (r, C)
         logps.append(piece.detach())
     with torch.random.fork_rng(devices=devices):
         for one, (cpu_state, cuda_states) in zip(prompts, rng_states):
@@ -252,6 +257,8 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
             if pairs:
                 torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
             del outputs, pairs
+    if return_entropy:
+        return torch.cat(logps), torch.cat(entropies)  # (B*G, C) each
     return torch.cat(logps)  # (B*G, C)
 
 

@@ -32,6 +32,8 @@ def step_metrics(batches: list[Batch], stats: dict[str, float], *, step: int, re
     }
     if "kl" in stats:  # measured only when beta > 0 (there is no reference pass otherwise)
         metrics["kl"] = stats["kl"]
+    if "entropy" in stats:  # the policy's mean token entropy on the trained completions (TRL's `entropy`)
+        metrics["entropy"] = stats["entropy"]
     for name in reward_names:
         values = torch.tensor([v for b in batches for v in b.per_function[name]])
         metrics[f"rewards/{name}/mean"] = gather(accelerator, values).mean().item()

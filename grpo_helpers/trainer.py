@@ -25,12 +25,14 @@ from transformers.trainer_utils import enable_full_determinism
 
 from grpo_helpers.backward import window_backward
 from grpo_helpers.batch import Batch, add_fixed_logprobs, to_batch
+from grpo_helpers.callbacks import Callback
 from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, resume_training, save_training_checkpoint,
                                      seed_everything)
 from grpo_helpers.config import GRPOConfig, check_strategy
 from grpo_helpers.data import TierSampler, load_split, make_sampler, render_prompts, split_record
 from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dict, size_deepspeed_engine, total,
                                       whole_weights, zero_stage)
+from grpo_helpers.doctor import Finding, diagnose, report
 from grpo_helpers.dynamic_sampling import resample_flat_groups
 from grpo_helpers.inference import evaluate_tiers, tier_metrics
 from grpo_helpers.loss import grpo_loss
@@ -40,16 +42,6 @@ from grpo_helpers.monitor import hack_warning
 from grpo_helpers.rewards import RewardBreakdown, score_completions
 from grpo_helpers.rollout import Rollout, generate_groups
 from grpo_helpers.run_folder import LOG_FILES, append_json_lines, claim_run_folder, keep_lines_up_to, read_json_lines
-
-
-class Callback:
-    """Extension point (minGPT style): subclass and override what you need; the dashboard is one of these."""
-
-    def on_step_end(self, trainer: "GRPOTrainer", metrics: dict[str, Any]) -> None: ...
-
-    def on_eval(self, trainer: "GRPOTrainer", metrics: dict[str, Any]) -> None: ...
-
-    def on_checkpoint(self, trainer: "GRPOTrainer", path: Path) -> None: ...
 
 
 class GRPOTrainer:
@@ -106,6 +98,8 @@ class GRPOTrainer:
         self.history: list[dict[str, Any]] = []
         self.eval_history: list[dict[str, Any]] = []
         self.last_warning: str | None = None
+        self.last_completions: list[dict[str, Any]] = []  # the last step's rows of completions.jsonl, for the doctor
+        self.findings: list[Finding] = []  # the GRPO doctor's verdict, set at the end of train()
         if cfg.train.resume:
             self.resume()
 
@@ -190,7 +184,8 @@ class GRPOTrainer:
                   **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
         return batch, timing
 
-    def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int, *,
+              entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         return grpo_loss(logps, old_logps=batch.old_logps, ref_logps=batch.ref_logps, advantages=batch.advantages,
                          completion_mask=batch.scored, loss_type=cfg.loss.loss_type,
@@ -198,24 +193,30 @@ class GRPOTrainer:
                          max_completion_length=cfg.rollout.max_new_tokens,
                          num_items_in_window=window_tokens / self.world_size,  # exact, as TRL divides
                          importance_sampling_level=cfg.loss.importance_sampling_level,
-                         cispo_eps_max=cfg.loss.cispo_eps_max)
+                         cispo_eps_max=cfg.loss.cispo_eps_max, entropy=entropy)
 
-    def optimize(self, batches: list[Batch]) -> dict[str, float]:
-        """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass)."""
+    def optimize(self, batches: list[Batch], *, update: bool = True) -> dict[str, float]:
+        """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass); with
+        update=False one pass whose gradients are measured and dropped, leaving the model as it was."""
         cfg = self.config
         # at least 1: with every completion masked (all truncated) the loss is 0, not 0 / 0
         window_tokens = max(1, int(total(self.accelerator, sum(int(b.scored.sum()) for b in batches))))
         self.model.train()
         passes = []
-        for _ in range(cfg.loss.num_iterations):
-            stats = window_backward(self.model, batches, lambda logps, batch: self._loss(logps, batch, window_tokens),
+
+        def loss_fn(logps: torch.Tensor, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+            return self._loss(logps, batch, window_tokens, **kwargs)
+
+        for _ in range(cfg.loss.num_iterations if update else 1):
+            stats = window_backward(self.model, batches, loss_fn,
                                     accelerator=self.accelerator, loss_type=cfg.loss.loss_type,
                                     prompts_per_pass=cfg.train.prompts_per_pass,
                                     rows_per_pass=cfg.train.completions_per_pass,
                                     temperature=cfg.rollout.temperature, check_finite=self._check_finite)
             grad_norm = clip_gradients(self.accelerator, self.model, cfg.train.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
+            if update:
+                self.optimizer.step()
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             passes.append(stats)
         return {**{key: sum(p[key] for p in passes) / len(passes) for key in passes[0]}, "grad_norm": grad_norm}
@@ -227,8 +228,10 @@ class GRPOTrainer:
                 f"loss is {loss.item()} at step {self.step + 1}; the update was skipped and the run stopped. "
                 f"Last good checkpoint: {last[-1] if last else 'none written yet'}")
 
-    def train_step(self) -> tuple[dict[str, Any], list[Batch]]:
-        """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window."""
+    def train_step(self, *, update: bool = True) -> tuple[dict[str, Any], list[Batch]]:
+        """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window. update=False does the
+        same work and logs nothing, steps nothing and leaves the model as it was (the pre-flight check: it consumes
+        prompts and random numbers, which preflight.py puts back)."""
         cfg = self.config
         start = time.perf_counter()
         batches, timing = [], {}
@@ -239,12 +242,13 @@ class GRPOTrainer:
                 timing[key] = timing.get(key, 0.0) + value
         release_freed_memory()  # sampling's leftovers, before the train pass allocates
         t_train = time.perf_counter()
-        stats = self.optimize(batches)
+        stats = self.optimize(batches, update=update)
         release_freed_memory()  # the backward's, before the next rollout
-        self.step += 1
+        if update:
+            self.step += 1
         metrics = step_metrics(batches, stats, step=self.step, reward_names=list(cfg.rewards.reward_weights),
                                learning_rate=self.scheduler.get_last_lr()[0], accelerator=self.accelerator)
-        if isinstance(self.sampler, TierSampler):  # the curriculum follows measured success
+        if update and isinstance(self.sampler, TierSampler):  # the curriculum follows measured success
             self.sampler.update({key.rsplit("/", 1)[1]: value for key, value in metrics.items()
                                  if key.startswith("train/accuracy/")})
         metrics.update(timing)
@@ -304,13 +308,17 @@ class GRPOTrainer:
             bar.close()
             if cfg.train.report_to != "none":
                 self.accelerator.end_training()
+        self.findings = diagnose(self.history, completions=self.last_completions)
+        if self.accelerator.is_main_process and self.history:
+            tqdm.write(report(self.findings))  # the GRPO doctor's verdict on the whole run
         return self.history
 
     def _after_step(self, metrics: dict[str, Any], batches: list[Batch]) -> None:
         """Log the step, tell the callbacks, and warn (once, when it starts) if the hack monitor sees a hack."""
         self.history.append(metrics)
         self._log("metrics.jsonl", [metrics])
-        self._log("completions.jsonl", gather_object(completion_rows(batches, step=self.step, rank=self.rank)))
+        self.last_completions = gather_object(completion_rows(batches, step=self.step, rank=self.rank))
+        self._log("completions.jsonl", self.last_completions)
         if self.config.train.report_to != "none":
             self.accelerator.log(metrics, step=self.step)
         for cb in self.callbacks:

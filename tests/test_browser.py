@@ -220,11 +220,13 @@ const cell = panel.content.widgets.find(c => c.model.type === 'code'
 const outputs = cell ? cell.model.outputs.toJSON() : [];
 return {images: outputs.filter(o => o.data && o.data['image/png']).map(o => o.data['image/png'].length + ':'
                                                                           + o.data['image/png'].slice(-64)),
-        widgets: outputs.filter(o => o.data && o.data['application/vnd.jupyter.widget-view+json']).length};
+        widgets: outputs.filter(o => o.data && o.data['application/vnd.jupyter.widget-view+json']).length,
+        doctor: outputs.filter(o => o.data && !o.data['image/png'] && String(o.data['text/plain'] || '')
+                                                                    .startsWith('GRPO doctor')).length};
 """
 
 
-def test_chapter_04_dashboard_is_one_image_redrawn_in_place(browser, lab):
+def test_chapter_04_dashboard_is_one_image_redrawn_in_place_with_the_doctor_under_it(browser, lab):
     name = CHAPTERS[1]
     _open(browser, lab, name)
     seen: list[str] = []
@@ -244,6 +246,7 @@ def test_chapter_04_dashboard_is_one_image_redrawn_in_place(browser, lab):
     assert max(counts) == 1, f"at some point the dashboard cell held {max(counts)} images"
     assert len(seen) >= 2, "the dashboard image never changed between steps"
     assert final["widgets"] >= 1, "tqdm's progress bar did not render as a widget"
+    assert final["doctor"] == 1, f"the doctor's verdict should be one output under the figure, found {final['doctor']}"
     _scroll_to(browser, ".widget-hprogress")  # rendered by the page, not only present in the model
     browser.execute_script("""
       const panel = window.jupyterapp.shell.currentWidget;

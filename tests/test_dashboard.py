@@ -1,4 +1,4 @@
-"""Tests for grpo_helpers.dashboard.LiveDashboard: when it writes its figure file."""
+"""Tests for grpo_helpers.dashboard.LiveDashboard: when it writes its figure file, and the doctor it carries."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def row(step: int) -> dict:
 
 
 def fake_trainer(max_steps: int) -> SimpleNamespace:
-    return SimpleNamespace(history=[], eval_history=[], config=SimpleNamespace(train=SimpleNamespace(max_steps=max_steps)))
+    return SimpleNamespace(history=[], eval_history=[], last_completions=[],
+                           accelerator=SimpleNamespace(is_main_process=True),
+                           config=SimpleNamespace(train=SimpleNamespace(max_steps=max_steps)))
 
 
 def test_the_figure_file_is_written_at_checkpoints_and_the_last_step_only(tmp_path, capsys):
@@ -45,3 +47,17 @@ def test_an_evaluation_writes_the_figure_file(tmp_path):
     trainer.eval_history.append({"step": 1, "eval/accuracy": 0.25, "eval/format_rate": 0.5, "eval/mean_length": 40.0})
     dashboard.on_eval(trainer, trainer.eval_history[-1])
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_outside_a_kernel_the_doctor_says_each_new_finding_once(capsys):
+    dashboard, trainer = LiveDashboard(), fake_trainer(max_steps=20)
+    for step in range(1, 8):
+        metrics = {**row(step), "reward": 0.3, "frac_reward_zero_std": 1.0}  # no group carries a signal
+        trainer.history.append(metrics)
+        dashboard.on_step_end(trainer, metrics)
+        out = capsys.readouterr().out
+        assert ("GRPO doctor at step" in out) == (step == 5), (step, out)  # judged from the 5th step, said once
+        if step == 5:
+            assert "frac_reward_zero_std = 1.00" in out and "dynamic_sampling" in out
+    assert [finding.rule for finding in dashboard.doctor.findings] == ["no_signal"]
+    assert LiveDashboard(doctor=False).doctor is None

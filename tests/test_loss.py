@@ -433,6 +433,34 @@ def test_logprobs_backward_in_small_passes_equals_one_pass(tokenizer, rows_per_p
     assert all(g.abs().sum() > 0 for g in whole_grads[:2])
 
 
+def test_logprobs_backward_returns_the_entropy_of_the_full_forward(tokenizer):
+    """The entropy logged every step comes from the training passes' own logits: it equals the entropy of the
+    naive full-sequence forward (float64), and asking for it changes neither log-probs nor gradients."""
+    model, r = _groups(tokenizer)
+    r.completion_mask[1, 4:] = 0
+    real = r.completion_mask.bool()
+    weights = torch.randn(r.completion_ids.shape, generator=torch.Generator().manual_seed(5))
+    params = [p for p in model.parameters() if p.requires_grad]
+    runs = []
+    for return_entropy in (False, True):
+        for p in params:
+            p.grad = None
+        out = grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                        r.group_size, _weighted_share(weights, real.float()), rows_per_pass=3,
+                                        chunk_size=5, temperature=0.7, return_entropy=return_entropy)
+        runs.append((out, [p.grad.clone() for p in params]))
+    (plain, plain_grads), ((logps, entropy), grads) = runs
+    assert torch.equal(plain, logps) and all(torch.equal(a, b) for a, b in zip(plain_grads, grads))
+    ids, mask = r.full_sequences()
+    c = r.completion_ids.shape[1]
+    with torch.no_grad():
+        _, reference = naive_completion_logprobs(model.double(), ids, mask, c, temperature=0.7, return_entropy=True)
+    model.float()
+    assert entropy.shape == logps.shape and not entropy.requires_grad
+    assert (entropy.double() - reference)[real].abs().max() < 1e-4
+    assert (entropy[real] > 0).all()
+
+
 def test_logprobs_backward_replays_the_prompts_dropout(tokenizer):
     """With dropout on, the recomputed prompt pass must draw the masks of the first one, or the gradient is wrong."""
     _, r = _groups(tokenizer)

@@ -24,6 +24,7 @@ DOCUMENTED_KEYS = [
     "step", "reward", "reward_std", "frac_reward_zero_std", "kl", "loss", "clip_ratio/low_mean",
     "clip_ratio/high_mean", "clip_ratio/region_mean", "completions/mean_length", "completions/clipped_ratio",
     "grad_norm", "learning_rate", "time/generation", "time/reference", "time/train", "time/step", "tokens_per_sec",
+    "entropy",
 ]
 
 
@@ -70,9 +71,11 @@ def test_reference_logprobs_are_the_base_models(tokenizer, length_reward, tmp_pa
     assert not torch.allclose(policy, expected, atol=1e-3), "the adapter should change the policy"
 
 
-def test_metrics_file_has_every_documented_key(tokenizer, length_reward, tmp_path):
+def test_metrics_file_has_every_documented_key(tokenizer, length_reward, tmp_path, capsys):
     trainer = make_trainer(tokenizer, tmp_path, eval_every=1)
     trainer.train()
+    assert "GRPO doctor:" in capsys.readouterr().out  # train() ends with the doctor's verdict
+    assert isinstance(trainer.findings, list) and len(trainer.last_completions) == 2 * 3
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
@@ -224,7 +227,7 @@ def test_one_prompt_per_pass_gives_the_whole_batch_gradient(tokenizer, length_re
         batch.rollout.completion_mask[row, 2 + row % 5:] = 0
     expected, expected_stats = _gradients_of_one_update(whole, batch)
     assert any(g.abs().sum() > 0 for g in expected.values())
-    assert expected_stats["kl"] > 0
+    assert expected_stats["kl"] > 0 and expected_stats["entropy"] > 0
     for trainer in (split, pairs, one_backward):
         got, got_stats = _gradients_of_one_update(trainer, batch)
         assert expected.keys() == got.keys() and expected
@@ -232,6 +235,7 @@ def test_one_prompt_per_pass_gives_the_whole_batch_gradient(tokenizer, length_re
             assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=1e-4), name
         assert got_stats["loss"] == pytest.approx(expected_stats["loss"], abs=1e-6)
         assert got_stats["kl"] == pytest.approx(expected_stats["kl"], abs=1e-6)
+        assert got_stats["entropy"] == pytest.approx(expected_stats["entropy"], abs=1e-5)  # every path logs it alike
 
 
 def test_dapo_normaliser_divides_the_window_exactly_over_processes(tokenizer, length_reward, tmp_path):
@@ -304,3 +308,29 @@ def test_accumulation_and_several_passes_match_a_plain_reference(tokenizer, leng
             expected = torch.zeros_like(p) if p.grad is None else p.grad
             assert torch.allclose(got, expected, rtol=1e-3, atol=1e-6), (got - expected).abs().max()
     assert any(g.abs().sum() > 0 for _, grads in seen for g in grads), "nothing to compare: all gradients zero"
+
+
+def test_preflight_is_one_step_that_train_never_notices(tokenizer, length_reward, tmp_path):
+    """The pre-flight check samples, scores and backpropagates a whole step, then puts back prompts, random numbers
+    and gradients: a run trained after it is the run trained without it, metric for metric and weight for weight."""
+    from grpo_helpers.preflight import preflight
+
+    plain = make_trainer(tokenizer, tmp_path / "plain", dynamic_sampling=2)
+    checked = make_trainer(tokenizer, tmp_path / "checked", dynamic_sampling=2)
+    report = preflight(checked)
+    assert checked.step == 0 and not checked.history
+    assert all(p.grad is None for p in checked.model.parameters())
+    assert len(report.lengths) == 2 * 3 and report.seconds_per_step > 0 and "entropy" in report.metrics
+    assert [comparable(m) for m in plain.train()] == [comparable(m) for m in checked.train()]
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), checked.model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_preflight_warns_of_completions_cut_at_max_new_tokens(tokenizer, length_reward, tmp_path):
+    from grpo_helpers.preflight import preflight
+
+    report = preflight(make_trainer(tokenizer, tmp_path, max_new_tokens=4))  # a random tiny model rarely stops in 4
+    assert report.metrics["completions/clipped_ratio"] >= 0.5
+    assert "truncated" in {f.rule for f in report.findings}
+    text = str(report)
+    assert "pre-flight: 6 completions from the policy as it starts (2 prompts x 3)" in text and "WARNING" in text and "max_new_tokens" in text
