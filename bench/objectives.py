@@ -1,17 +1,18 @@
 """The objectives matrix of chapter 07: every arm of grpo_helpers.objectives.ARMS x seeds, one budget, JSON out.
 
-    python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # about 1 h on 2 cores
+    python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # ~1 h 45 min, 2 cores
 
 Each run trains one arm from the same starting adapter (chapter 04's cold start; without --init-adapter one is
-trained first, with the cpu preset's cold start) for --steps steps and evaluates it greedily on the first
+trained first with the cpu preset's cold start, about 17 minutes more) for --steps steps and evaluates it greedily on the first
 --eval-tasks held-out tasks of each tier. Every finished run is appended to --results (JSON lines, rewritten
-atomically), and runs already there are skipped, so a killed matrix resumes where it stopped. At the end it
-writes the figure and prints the summary (grpo_helpers.objectives.summarize) as one JSON object.
+atomically), and runs already there are skipped, so a killed matrix resumes where it stopped. After every run
+it redraws the figure, and at the end it prints the summary (grpo_helpers.objectives.summarize) as one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 from grpo_helpers.config import load_config  # noqa: E402
 from grpo_helpers.data import load_jsonl, load_split, save_jsonl  # noqa: E402
@@ -59,13 +61,28 @@ def main() -> None:
     adapter = args.init_adapter or cold_start(work, seed=args.data_seed, train_tasks=train_tasks,
                                               overrides={} if sft_steps is None else {"sft_steps": sft_steps})
     rows = load_jsonl(results_path) if results_path.is_file() else []
-    settings = {"steps": args.steps, "eval_tasks": args.eval_tasks, "init_adapter": adapter, "sizes": run_sizes}
-    rows = [row for row in rows if row.get("settings") == settings]  # a different budget is a different matrix
+    weights = Path(adapter) / "adapter_model.safetensors"
+    settings = {"steps": args.steps, "eval_tasks": args.eval_tasks, "sizes": run_sizes, "data_seed": args.data_seed,
+                "init_adapter_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}  # not its path
+    other = next((row["settings"] for row in rows if row.get("settings") != settings), None)
+    if other is not None:  # a different budget is a different matrix: never mixed in, never overwritten
+        raise SystemExit(f"{results_path} holds a matrix with other settings ({other}; this one: {settings}): "
+                         f"pass another --results, or move that file away to start over")
     if not any(row["arm"] == "start" for row in rows):
         start = evaluate_start(seed=args.seeds[0], output_dir=work / "start", train_tasks=train_tasks,
                                test_tasks=test_tasks, init_adapter=adapter, eval_tasks=args.eval_tasks, **run_sizes)
-        rows.append({"arm": "start", "settings": settings, "eval": start})
+        rows.append({"arm": "start", "settings": settings, "init_adapter": adapter, "eval": start})
         save_jsonl(rows, results_path)
+
+    def draw() -> None:
+        runs = [row for row in rows if row["arm"] != "start"]
+        seeds = sorted({row["seed"] for row in runs})
+        fig = plot_objectives(runs, start=start, title=f"{args.steps} GRPO steps per run from the cold start, seeds "
+                                                        f"{seeds}, {args.eval_tasks} held-out tasks per tier")
+        fig.savefig(args.figure, dpi=110)
+        plt.close(fig)
+
+    start = next(row["eval"] for row in rows if row["arm"] == "start")
     began = time.perf_counter()
     for seed in args.seeds:
         for arm in args.arms:
@@ -76,14 +93,11 @@ def main() -> None:
                              eval_tasks=args.eval_tasks, **run_sizes)
             rows.append({**result, "settings": settings})
             save_jsonl(rows, results_path)
+            draw()
             print(json.dumps({"arm": arm, "seed": seed, "eval": result["eval"], "seconds": round(result["seconds"])}),
                   flush=True)
-    runs = [row for row in rows if row["arm"] != "start"]
-    start = next(row["eval"] for row in rows if row["arm"] == "start")
-    fig = plot_objectives(runs, start=start, title=f"{args.steps} GRPO steps per run from the cold start, "
-                                                    f"{len(args.seeds)} seeds, {args.eval_tasks} tasks per tier")
-    fig.savefig(args.figure, dpi=110)
-    print(json.dumps({"settings": settings, "start": start, "summary": summarize(runs), "figure": args.figure,
+    print(json.dumps({"settings": settings, "start": start, "figure": args.figure,
+                      "summary": summarize([row for row in rows if row["arm"] != "start"]),
                       "minutes_this_call": round((time.perf_counter() - began) / 60, 1)}))
 
 

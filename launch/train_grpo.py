@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from grpo_helpers.config import describe, load_config  # noqa: E402
 from grpo_helpers.data import load_split  # noqa: E402
 from grpo_helpers.distributed import gathered  # noqa: E402
+from grpo_helpers.doctor import Doctor  # noqa: E402
 from grpo_helpers.sft import run_cold_start  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer = GRPOTrainer(config, accelerator=accelerator, train_tasks=train_tasks, test_tasks=test_tasks)
     else:
         trainer = GRPOTrainer(config, accelerator=accelerator)
+    trainer.callbacks.append(Doctor())  # says each problem in the metrics when it appears; train() ends with all
     trainer.train()
     adapter = trainer.save_adapter(Path(config.train.output_dir) / "adapter")
 
