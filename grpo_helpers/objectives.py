@@ -130,10 +130,11 @@ def plot_objectives(results: list[dict[str, Any]], *, start: dict[str, dict[str,
     left.set(title="held-out greedy accuracy (seeds pooled, Wilson 95 %)", ylim=(0, 1))
     left.legend(fontsize=8)
     colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
+    first_seed = min(r["seed"] for r in results)
     for run in results:
+        first = run["seed"] == first_seed
         right.plot(range(1, len(run["reward"]) + 1), run["reward"], color=colors[run["arm"]], alpha=0.8,
-                   ls="-" if run["seed"] == min(r["seed"] for r in results) else "--",
-                   label=run["arm"] if run["seed"] == min(r["seed"] for r in results) else None)
+                   ls="-" if first else "--", label=run["arm"] if first else None)
     right.set(title="training reward per step (one line per seed)", xlabel="step")
     right.legend(fontsize=7, ncol=2)
     fig.suptitle(title)

@@ -10,14 +10,11 @@ would-be first step.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-
 from grpo_helpers.batch import Batch
+from grpo_helpers.checkpoint import rng_state, set_rng_state
 from grpo_helpers.distributed import zero_stage
 from grpo_helpers.doctor import Finding, diagnose
 from grpo_helpers.errors import UsageError
@@ -63,19 +60,14 @@ class Preflight:
 
 
 def _random_state(trainer) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return {"sampler": trainer.sampler.state_dict(), "generator": trainer.generator.get_state(),
-            "torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(), "numpy": np.random.get_state()}
+    """Everything a step draws from: the trainer's sampler and sampling generator, and the global generators."""
+    return {"sampler": trainer.sampler.state_dict(), "generator": trainer.generator.get_state(), "global": rng_state()}
 
 
 def _put_back(trainer, state: dict[str, Any]) -> None:
     trainer.sampler.load_state_dict(state["sampler"])
     trainer.generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    set_rng_state(state["global"])
 
 
 def preflight(trainer) -> Preflight:
