@@ -3,10 +3,11 @@
     python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # ~1 h 45 min, 2 cores
 
 Each run trains one arm from the same starting adapter (chapter 04's cold start; without --init-adapter one is
-trained first with the cpu preset's cold start, about 17 minutes more) for --steps steps and evaluates it greedily on the first
---eval-tasks held-out tasks of each tier. Every finished run is appended to --results (JSON lines, rewritten
-atomically), and runs already there are skipped, so a killed matrix resumes where it stopped. After every run
-it redraws the figure, and at the end it prints the summary (grpo_helpers.objectives.summarize) as one JSON object.
+trained first with the cpu preset's cold start, about 15 minutes more) until it has generated --token-budget tokens
+(--steps steps at most) and evaluates it greedily on the first --eval-tasks held-out tasks of each tier. Every
+finished run is appended to --results (JSON lines, rewritten atomically), and runs already there are skipped, so a
+killed matrix resumes where it stopped. After every run it redraws the figure, and at the end it prints the summary
+(grpo_helpers.objectives.summarize) as one JSON object.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def main() -> None:
     parser.add_argument("--init-adapter", default="", help="the adapter every arm starts from (default: train one)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--steps", type=int, default=6, help="GRPO steps per run")
+    parser.add_argument("--token-budget", type=int, default=12000,
+                        help="tokens generated per run (dynamic sampling's swapped-out groups count); 0: --steps steps")
+    parser.add_argument("--steps", type=int, default=12, help="GRPO steps per run at most")
     parser.add_argument("--eval-tasks", type=int, default=32, help="held-out tasks per tier, greedy")
     parser.add_argument("--data-seed", type=int, default=42, help="the train/test split (chapter 01's)")
     parser.add_argument("--results", default="bench/objectives.jsonl")
@@ -62,7 +65,8 @@ def main() -> None:
                                               overrides={} if sft_steps is None else {"sft_steps": sft_steps})
     rows = load_jsonl(results_path) if results_path.is_file() else []
     weights = Path(adapter) / "adapter_model.safetensors"
-    settings = {"steps": args.steps, "eval_tasks": args.eval_tasks, "sizes": run_sizes, "data_seed": args.data_seed,
+    settings = {"token_budget": args.token_budget, "steps": args.steps, "eval_tasks": args.eval_tasks,
+                "sizes": run_sizes, "data_seed": args.data_seed,
                 "init_adapter_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}  # not its path
     other = next((row["settings"] for row in rows if row.get("settings") != settings), None)
     if other is not None:  # a different budget is a different matrix: never mixed in, never overwritten
@@ -77,8 +81,10 @@ def main() -> None:
     def draw() -> None:
         runs = [row for row in rows if row["arm"] != "start"]
         seeds = sorted({row["seed"] for row in runs})
-        fig = plot_objectives(runs, start=start, title=f"{args.steps} GRPO steps per run from the cold start, seeds "
-                                                        f"{seeds}, {args.eval_tasks} held-out tasks per tier")
+        budget = (f"{args.token_budget:,} generated tokens per run" if args.token_budget
+                  else f"{args.steps} GRPO steps per run")
+        fig = plot_objectives(runs, start=start, title=f"{budget} from the cold start, seeds {seeds}, "
+                                                        f"{args.eval_tasks} held-out tasks per tier")
         fig.savefig(args.figure, dpi=110)
         plt.close(fig)
 
@@ -90,11 +96,12 @@ def main() -> None:
                 continue  # done before a restart
             result = run_arm(arm, seed=seed, steps=args.steps, output_dir=work / f"{arm.replace(' ', '_')}-{seed}",
                              train_tasks=train_tasks, test_tasks=test_tasks, init_adapter=adapter,
-                             eval_tasks=args.eval_tasks, **run_sizes)
+                             eval_tasks=args.eval_tasks, token_budget=args.token_budget, **run_sizes)
             rows.append({**result, "settings": settings})
             save_jsonl(rows, results_path)
             draw()
-            print(json.dumps({"arm": arm, "seed": seed, "eval": result["eval"], "seconds": round(result["seconds"])}),
+            print(json.dumps({"arm": arm, "seed": seed, "eval": result["eval"], "steps": result["steps"],
+                              "generated_tokens": result["generated_tokens"], "seconds": round(result["seconds"])}),
                   flush=True)
     print(json.dumps({"settings": settings, "start": start, "figure": args.figure,
                       "summary": summarize([row for row in rows if row["arm"] != "start"]),

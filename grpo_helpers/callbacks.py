@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Called by `GRPOTrainer.train()` after each step, each evaluation and each checkpoint."""
+    """Called by `GRPOTrainer.train()` after each step, each evaluation and each checkpoint. To end a run early, set
+    `trainer.should_stop = True`: training stops after that step's checkpoint. Under several processes decide from
+    the metrics (gathered over every process), so that every rank stops at the same step."""
 
     def on_step_end(self, trainer: "GRPOTrainer", metrics: dict[str, Any]) -> None: ...
 

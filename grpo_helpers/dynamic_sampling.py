@@ -17,7 +17,8 @@ def resample_flat_groups(tasks: list[dict], rollout: Rollout, scores: RewardBrea
                          sample: Callable[[list[dict]], tuple[Rollout, RewardBreakdown]], task_batches: Iterator,
                          total_over_processes: Callable[[int], float], pad_id: int):
     """(tasks, rollout, scores, stats) with flat groups replaced by fresh ones while the budget lasts; stats: the
-    share of flat groups before and after, and the fresh prompts drawn (the extra cost)."""
+    share of flat groups before and after, the fresh prompts drawn and the tokens of the groups swapped out (the
+    extra cost)."""
     G = rollout.group_size
     pool = [(tasks, rollout, scores)]
     picks = [(0, i) for i in range(len(tasks))]  # slot -> (pool entry, prompt in it)
@@ -48,6 +49,8 @@ def resample_flat_groups(tasks: list[dict], rollout: Rollout, scores: RewardBrea
     total = kept(lambda breakdown: breakdown.total)
     per_function = {name: kept(lambda breakdown: breakdown.per_function[name]) for name in scores.per_function}
     after = sum(not informative(*p) for p in picks) / len(picks)
-    stats = {"dynamic/zero_std_before": before, "dynamic/zero_std_after": after, "dynamic/extra_prompts": extra}
+    sampled = sum(int(entry[1].lengths.sum()) for entry in pool)  # every token generated, kept or swapped out
+    stats = {"dynamic/zero_std_before": before, "dynamic/zero_std_after": after, "dynamic/extra_prompts": extra,
+             "dynamic/discarded_tokens": sampled - int(rollout.lengths.sum())}
     seconds = {name: sum(entry[2].seconds.get(name, 0.0) for entry in pool) for name in scores.seconds}
     return tasks, rollout, RewardBreakdown(total=total, per_function=per_function, seconds=seconds), stats

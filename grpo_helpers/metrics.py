@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from grpo_helpers.batch import Batch
-from grpo_helpers.distributed import gather, mean
+from grpo_helpers.distributed import gather, mean, total
 from grpo_helpers.monitor import hack_signals
 from grpo_helpers.rewards import equation_reward
 
@@ -51,7 +51,9 @@ def step_metrics(batches: list[Batch], stats: dict[str, float], *, step: int, re
     answered = gather_object([(text, b.tasks[i // G]) for b in batches for i, text in enumerate(b.rollout.texts)])
     metrics.update(hack_signals([text for text, _ in answered], [task for _, task in answered]))
     metrics.update(tier_accuracy(answered))
-    for key in sorted({k for b in batches for k in b.dynamic}):
+    discarded = total(accelerator, sum(b.dynamic.get("dynamic/discarded_tokens", 0) for b in batches))
+    metrics["generated_tokens"] = metrics["completions/total_tokens"] + discarded  # the step's generation cost
+    for key in sorted({k for b in batches for k in b.dynamic} - {"dynamic/discarded_tokens"}):  # shares and counts
         metrics[key] = mean(accelerator, sum(b.dynamic[key] for b in batches) / len(batches))
     return metrics
 

@@ -1,11 +1,12 @@
 """Objectives compared on one budget: the arms of chapter 07 and bench/objectives.py, one switch at a time.
 
-Every arm starts from the same adapter (chapter 04's cold start), trains the same number of steps on the same
-prompts with the same group size and token cap, and is judged by held-out greedy accuracy with Wilson 95 %
-intervals; only the switch its name says differs from the baseline (the `cpu` preset's dapo). All arms take
-`num_iterations = 2` passes per rollout: with a single pass the policy that is trained is the one that sampled, every
-importance ratio is exactly 1, and GSPO's sequence ratio and CISPO's capped weight change nothing (GSPO is then
-grpo, CISPO is dapo). The second pass is where they differ.
+Every arm starts from the same adapter (chapter 04's cold start), trains on the same prompts with the same group
+size and token cap until it has generated the same number of tokens (`TokenBudget`: an arm whose completions are
+shorter, or that samples fewer fresh prompts, gets more steps for the same compute), and is judged by held-out
+greedy accuracy with Wilson 95 % intervals; only the switch its name says differs from the baseline (the `cpu`
+preset's dapo). All arms take `num_iterations = 2` passes per rollout: with a single pass the policy that is
+trained is the one that sampled, every importance ratio is exactly 1, and GSPO's sequence ratio and CISPO's capped
+weight change nothing (GSPO is then grpo, CISPO is dapo). The second pass is where they differ.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gc
 from pathlib import Path
 from typing import Any
 
+from grpo_helpers.callbacks import Callback
 from grpo_helpers.config import load_config
 from grpo_helpers.errors import UsageError
 from grpo_helpers.inference import wilson_interval
@@ -33,6 +35,21 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
+class TokenBudget(Callback):
+    """Stops training after the step at which the tokens generated so far (kept or swapped out by dynamic sampling)
+    reach `tokens`: the matrix's budget. The last step overshoots it by at most one step's tokens."""
+
+    def __init__(self, tokens: int):
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise UsageError(f"token budget={tokens!r} is not allowed: a whole number of tokens >= 1")
+        self.tokens, self.spent = tokens, 0.0
+
+    def on_step_end(self, trainer: GRPOTrainer, metrics: dict[str, Any]) -> None:
+        self.spent += metrics["generated_tokens"]
+        if self.spent >= self.tokens:
+            trainer.should_stop = True
+
+
 def arm_config(arm: str, *, seed: int, steps: int, output_dir: str | Path, init_adapter: str = "",
                preset: str = "cpu", **overrides: Any):
     """The preset (the matrix's is `cpu`), then BASELINE, then the arm's switch, then `overrides` (model, sizes)."""
@@ -44,20 +61,22 @@ def arm_config(arm: str, *, seed: int, steps: int, output_dir: str | Path, init_
 
 
 def run_arm(arm: str, *, seed: int, steps: int, output_dir: str | Path, train_tasks: list[dict],
-            test_tasks: list[dict], init_adapter: str = "", eval_tasks: int = 32,
+            test_tasks: list[dict], init_adapter: str = "", eval_tasks: int = 32, token_budget: int = 0,
             **overrides: Any) -> dict[str, Any]:
-    """Train one arm for `steps` steps and evaluate it greedily on the first `eval_tasks` held-out tasks of each tier;
-    returns what the comparison needs: curves, tokens generated, time, and per-tier successes."""
+    """Train one arm for `steps` steps (with a `token_budget`: until it has generated that many tokens, `steps` at
+    most) and evaluate it greedily on the first `eval_tasks` held-out tasks of each tier; returns what the comparison
+    needs: curves, tokens generated, time, and per-tier successes."""
     config = arm_config(arm, seed=seed, steps=steps, output_dir=output_dir, init_adapter=init_adapter,
                         eval_tasks=eval_tasks, **overrides)
-    trainer = GRPOTrainer(config, train_tasks=train_tasks, test_tasks=test_tasks)
+    callbacks = [TokenBudget(token_budget)] if token_budget else []
+    trainer = GRPOTrainer(config, train_tasks=train_tasks, test_tasks=test_tasks, callbacks=callbacks)
     history = trainer.train()
     result = {
-        "arm": arm, "seed": seed, "steps": steps, "switch": ARMS[arm],
+        "arm": arm, "seed": seed, "steps": len(history), "switch": ARMS[arm],
         "reward": [row["reward"] for row in history],
         "entropy": [row.get("entropy") for row in history],
         "zero_std": [row.get("dynamic/zero_std_before", row["frac_reward_zero_std"]) for row in history],
-        "generated_tokens": sum(row["completions/total_tokens"] for row in history),
+        "generated_tokens": sum(row["generated_tokens"] for row in history),
         "extra_prompts": sum(row.get("dynamic/extra_prompts", 0) for row in history),
         "seconds": sum(row["time/step"] for row in history),
         "eval": _solved_per_tier(trainer),
@@ -90,7 +109,7 @@ def _solved_per_tier(trainer: GRPOTrainer) -> dict[str, dict[str, int]]:
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per arm and tier: successes pooled over seeds (seeds x tasks answers, the same tasks each seed) with a
-    Wilson 95 % interval, each seed's accuracy, and the mean final reward and tokens generated."""
+    Wilson 95 % interval, each seed's accuracy, and the mean steps, final reward and tokens generated."""
     rows = []
     for arm in [a for a in ARMS if any(r["arm"] == a for r in results)]:
         runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
@@ -101,6 +120,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append({"arm": arm, "tier": tier, "seeds": [r["seed"] for r in runs], "solved": solved,
                          "answers": answers, "accuracy": solved / answers, "low": low, "high": high,
                          "per_seed": [r["eval"][tier]["solved"] / r["eval"][tier]["tasks"] for r in runs],
+                         "steps": sum(r["steps"] for r in runs) / len(runs),
                          "final_reward": sum(r["reward"][-1] for r in runs) / len(runs),
                          "generated_tokens": sum(r["generated_tokens"] for r in runs) / len(runs)})
     return rows
@@ -141,4 +161,4 @@ def plot_objectives(results: list[dict[str, Any]], *, start: dict[str, dict[str,
     return fig
 
 
-__all__ = ["ARMS", "BASELINE", "arm_config", "run_arm", "evaluate_start", "summarize", "plot_objectives"]
+__all__ = ["ARMS", "BASELINE", "TokenBudget", "arm_config", "run_arm", "evaluate_start", "summarize", "plot_objectives"]

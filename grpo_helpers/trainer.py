@@ -100,6 +100,7 @@ class GRPOTrainer:
         self.last_warning: str | None = None
         self.last_completions: list[dict[str, Any]] = []  # the last step's rows of completions.jsonl, for the doctor
         self.findings: list[Finding] = []  # the GRPO doctor's verdict, set at the end of train()
+        self.should_stop = False  # a callback sets it to end train() after the current step (and its checkpoint)
         if cfg.train.resume:
             self.resume()
 
@@ -279,8 +280,8 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict[str, Any]]:
-        """Train up to max_steps (from where a resume left off), holding output_dir's lock meanwhile; a fresh run
-        refuses a folder that holds another run unless overwrite=True."""
+        """Train up to max_steps (from where a resume left off) or until a callback sets `should_stop`, holding
+        output_dir's lock meanwhile; a fresh run refuses a folder that holds another run unless overwrite=True."""
         cfg = self.config
         lock = claim_run_folder(self.output_dir, fresh=self.step == 0 and not self.history,
                                 overwrite=cfg.train.overwrite, is_main=self.accelerator.is_main_process,
@@ -295,7 +296,8 @@ class GRPOTrainer:
                 self._run_eval()
             bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="GRPO", unit="step",
                        disable=not self.accelerator.is_main_process)
-            while self.step < cfg.train.max_steps:
+            self.should_stop = False
+            while self.step < cfg.train.max_steps and not self.should_stop:
                 metrics, batches = self.train_step()
                 self._after_step(metrics, batches)
                 bar.update(1)
@@ -303,7 +305,8 @@ class GRPOTrainer:
                                 s_per_step=f"{metrics['time/step']:.1f}")
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self._run_eval()
-                if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or self.step == cfg.train.max_steps:
+                last = self.step == cfg.train.max_steps or self.should_stop
+                if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or last:
                     self.save_checkpoint()
             bar.close()
             if cfg.train.report_to != "none":

@@ -36,7 +36,7 @@ def test_an_unknown_arm_is_one_clear_error(tmp_path):
 
 
 def fake_run(arm: str, seed: int, solved: dict[str, int], reward: float) -> dict:
-    return {"arm": arm, "seed": seed, "steps": 3, "reward": [0.1, 0.2, reward], "entropy": [0.5, 0.4, 0.3],
+    return {"arm": arm, "seed": seed, "steps": 2 + seed, "reward": [0.1, 0.2, reward], "entropy": [0.5, 0.4, 0.3],
             "generated_tokens": 1000 * seed, "eval": {tier: {"solved": n, "tasks": 20} for tier, n in solved.items()}}
 
 
@@ -50,7 +50,7 @@ def test_summary_pools_seeds_per_arm_and_tier():
     assert grpo["seeds"] == [1, 2] and grpo["solved"] == 14 and grpo["answers"] == 40
     assert (grpo["low"], grpo["high"]) == wilson_interval(14, 40)
     assert grpo["per_seed"] == [0.4, 0.3] and grpo["final_reward"] == pytest.approx(0.6)
-    assert grpo["generated_tokens"] == 1500
+    assert grpo["generated_tokens"] == 1500 and grpo["steps"] == 3.5
 
 
 def test_the_figure_has_a_bar_per_arm_and_tier_and_a_curve_per_run():

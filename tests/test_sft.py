@@ -141,8 +141,10 @@ def test_dynamic_sampling_swaps_groups_without_signal_and_logs_it(tokenizer, tmp
     assert batch.dynamic == {}
     swapping = trainer(3)
     batch, _ = swapping.make_batch()  # a random model never solves a task: every group has zero spread
+    discarded = batch.dynamic.pop("dynamic/discarded_tokens")
     assert batch.dynamic == {"dynamic/zero_std_before": 1.0, "dynamic/zero_std_after": 1.0,
                              "dynamic/extra_prompts": 3}
+    assert 3 * 2 * 1 <= discarded <= 3 * 2 * 4  # 3 groups swapped out: 2 samples of 1 to 4 tokens each
     assert swapping.sampler.state_dict() != plain.sampler.state_dict()  # fresh prompts were drawn
     assert len(batch.tasks) == 2 and batch.rewards.shape == (4,)
 
@@ -152,3 +154,7 @@ def test_dynamic_sampling_swaps_groups_without_signal_and_logs_it(tokenizer, tmp
     assert batch.dynamic["dynamic/zero_std_after"] <= batch.dynamic["dynamic/zero_std_before"]
     metrics, _ = rewarded.train_step()
     assert {"dynamic/zero_std_before", "dynamic/extra_prompts", "hack/uses_numbers"} <= set(metrics)
+    swapped_out = metrics["generated_tokens"] - metrics["completions/total_tokens"]  # the cost of the fresh prompts
+    assert (swapped_out > 0) == (metrics["dynamic/extra_prompts"] > 0)
+    metrics, _ = plain.train_step()
+    assert metrics["generated_tokens"] == metrics["completions/total_tokens"]

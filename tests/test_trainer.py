@@ -97,6 +97,21 @@ def test_checkpoints_keep_the_last_k(tokenizer, length_reward, tmp_path):
     assert state["step"] == 4 and {"python", "numpy", "torch"} <= set(state["rng"]) and "sampler" in state
 
 
+def test_a_token_budget_stops_the_run_after_the_step_that_spends_it(tokenizer, length_reward, tmp_path):
+    from grpo_helpers.objectives import TokenBudget
+
+    one_step = 2 * 3 * 8  # prompts x G x max_new_tokens: no step generates more
+    budget = TokenBudget(one_step + 1)  # more than one step can spend
+    trainer = GRPOTrainer(small_config(tmp_path, max_steps=8, save_every=0), train_tasks=TASKS[:32],
+                          test_tasks=TASKS[32:], model=tiny_lora(tokenizer), tokenizer=tokenizer, callbacks=[budget])
+    history = trainer.train()
+    spent = [row["generated_tokens"] for row in history]
+    assert 2 <= len(history) < 8 and sum(spent[:-1]) < one_step + 1 <= sum(spent) == budget.spent
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"step-{len(history):06d}"]  # the stopped run is saved
+    with pytest.raises(Exception, match=r"token budget=0 is not allowed"):
+        TokenBudget(0)
+
+
 RUN_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
