@@ -1,6 +1,6 @@
 """The objectives matrix of chapter 07: every arm of grpo_helpers.objectives.ARMS x seeds, one budget, JSON out.
 
-    python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # ~1 h 45 min, 2 cores
+    python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # ~1 h 30 min, 2 cores
 
 Each run trains one arm from the same starting adapter (chapter 04's cold start; without --init-adapter one is
 trained first with the cpu preset's cold start, about 15 minutes more) until it has generated --token-budget tokens
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--init-adapter", default="", help="the adapter every arm starts from (default: train one)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--token-budget", type=int, default=12000,
+    parser.add_argument("--token-budget", type=int, default=10000,
                         help="tokens generated per run (dynamic sampling's swapped-out groups count); 0: --steps steps")
     parser.add_argument("--steps", type=int, default=12, help="GRPO steps per run at most")
     parser.add_argument("--eval-tasks", type=int, default=32, help="held-out tasks per tier, greedy")
