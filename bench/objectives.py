@@ -1,6 +1,6 @@
 """The objectives matrix of chapter 07: every arm of grpo_helpers.objectives.ARMS x seeds, one budget, JSON out.
 
-    python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # ~1 h 30 min, 2 cores
+    python bench/objectives.py --init-adapter runs/<timestamp>/train/cold_start/adapter   # ~1 h 35 min, 2 cores
 
 Each run trains one arm from the same starting adapter (chapter 04's cold start; without --init-adapter one is
 trained first with the cpu preset's cold start, about 15 minutes more) until it has generated --token-budget tokens
