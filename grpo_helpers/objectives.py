@@ -161,4 +161,5 @@ def plot_objectives(results: list[dict[str, Any]], *, start: dict[str, dict[str,
     return fig
 
 
-__all__ = ["ARMS", "BASELINE", "TokenBudget", "arm_config", "run_arm", "evaluate_start", "summarize", "plot_objectives"]
+__all__ = ["ARMS", "BASELINE", "TokenBudget", "arm_config", "run_arm", "evaluate_start", "summarize",
+           "plot_objectives"]
