@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PARAMS ?= params/cpu.yaml
+PARAMS ?= params/cpu
 
 .PHONY: demo test lab install clean-venv
 

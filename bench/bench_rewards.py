@@ -13,7 +13,7 @@ import json
 import random
 import time
 
-from grpo_helpers.rewards import REWARD_FUNCTIONS, SHAPED_WEIGHTS, score_completions
+from grpo_helpers.countdown.rewards import REWARD_FUNCTIONS, SHAPED_WEIGHTS, score_completions
 
 LENGTH = 20_000
 NUMS, TARGET = [3, 5, 7, 11], 37

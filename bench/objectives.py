@@ -24,19 +24,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from grpo_helpers.config import load_config  # noqa: E402
-from grpo_helpers.data import load_jsonl, load_split, save_jsonl  # noqa: E402
+from grpo_helpers.countdown.data import load_jsonl, load_split, save_jsonl  # noqa: E402
 from grpo_helpers.objectives import ARMS, evaluate_start, plot_objectives, run_arm, summarize  # noqa: E402
 from grpo_helpers.sft import ColdStart  # noqa: E402
 
 SMOKE = dict(group_size=2, max_new_tokens=16, num_prompts=1, sft_steps=2)  # --smoke: sizes that only test the path
 
 
-def cold_start(work: Path, *, seed: int, train_tasks: list[dict], overrides: dict) -> str:
+def cold_start(work: Path, *, seed: int, train_dataset: list[dict], overrides: dict) -> str:
     """The cpu preset's cold start, trained once into `work` (reused when it is already there)."""
     adapter = work / "cold_start" / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         config = load_config("cpu", seed=seed, output_dir=str(work), overwrite=True, **overrides)
-        adapter = ColdStart(config, train_tasks=train_tasks).train()
+        adapter = ColdStart(config, train_dataset=train_dataset).train()
     return str(adapter)
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     run_sizes = {k: v for k, v in overrides.items() if k != "sft_steps"}
     work, results_path = Path(args.work), Path(args.results)
     train_tasks, test_tasks = load_split(load_config("cpu").data, seed=args.data_seed)
-    adapter = args.init_adapter or cold_start(work, seed=args.data_seed, train_tasks=train_tasks,
+    adapter = args.init_adapter or cold_start(work, seed=args.data_seed, train_dataset=train_tasks,
                                               overrides={} if sft_steps is None else {"sft_steps": sft_steps})
     rows = load_jsonl(results_path) if results_path.is_file() else []
     weights = Path(adapter) / "adapter_model.safetensors"
@@ -73,8 +73,8 @@ def main() -> None:
         raise SystemExit(f"{results_path} holds a matrix with other settings ({other}; this one: {settings}): "
                          f"pass another --results, or move that file away to start over")
     if not any(row["arm"] == "start" for row in rows):
-        start = evaluate_start(seed=args.seeds[0], output_dir=work / "start", train_tasks=train_tasks,
-                               test_tasks=test_tasks, init_adapter=adapter, eval_tasks=args.eval_tasks, **run_sizes)
+        start = evaluate_start(seed=args.seeds[0], output_dir=work / "start", train_dataset=train_tasks,
+                               eval_dataset=test_tasks, init_adapter=adapter, eval_tasks=args.eval_tasks, **run_sizes)
         rows.append({"arm": "start", "settings": settings, "init_adapter": adapter, "eval": start})
         save_jsonl(rows, results_path)
 
@@ -95,7 +95,7 @@ def main() -> None:
             if any(row["arm"] == arm and row.get("seed") == seed for row in rows):
                 continue  # done before a restart
             result = run_arm(arm, seed=seed, steps=args.steps, output_dir=work / f"{arm.replace(' ', '_')}-{seed}",
-                             train_tasks=train_tasks, test_tasks=test_tasks, init_adapter=adapter,
+                             train_dataset=train_tasks, eval_dataset=test_tasks, init_adapter=adapter,
                              eval_tasks=args.eval_tasks, token_budget=args.token_budget, **run_sizes)
             rows.append({**result, "settings": settings})
             save_jsonl(rows, results_path)

@@ -64,7 +64,7 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
     """Train `warmup + steps` steps of one configuration in this process and summarise the timed ones."""
     torch.set_num_threads(args.threads)
     from grpo_helpers.config import load_config
-    from grpo_helpers.data import generate_countdown, train_test_split
+    from grpo_helpers.countdown.data import generate_countdown, train_test_split
     from grpo_helpers.trainer import GRPOTrainer
 
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
             source = args.model.removeprefix("random:")
             model, tokenizer = random_model(source, args.tokenizer or source, args.device, config.model)
         train, test = train_test_split(generate_countdown(200, seed=args.seed), test_size=8, seed=args.seed)
-        trainer = GRPOTrainer(config, train_tasks=train, test_tasks=test, model=model, tokenizer=tokenizer)
+        trainer = GRPOTrainer(config, train_dataset=train, eval_dataset=test, model=model, tokenizer=tokenizer)
         load_s, rss_after_load = time.perf_counter() - t0, rss_mib()
         rows, peaks = [], []
         for _ in range(args.warmup + args.steps):

@@ -1,4 +1,5 @@
-"""grpo_helpers: GRPO on Countdown, one module per concern (see the README's layout)."""
+"""grpo_helpers: GRPO for verifiable tasks (Countdown, chapter 08's, your own), one module per concern (see the
+README's layout)."""
 
 from grpo_helpers.errors import show_usage_errors_briefly
 

@@ -60,7 +60,7 @@ def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any
 
     ax = axes[0, 1]
     for key, label in (("hack/accuracy", "correct (training tasks)"), ("hack/uses_numbers", "uses the task's numbers"),
-                       ("hack/identical_answers", "same answer as a task with other numbers"),
+                       ("hack/identical_answers", "same answer as another question"),
                        ("hack/copies_example", "copies the prompt's example")):
         if history and key in history[0]:
             ax.plot(steps, _smooth([m[key] for m in history], smooth), label=label)
@@ -80,7 +80,10 @@ def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any
             ax.errorbar([m["step"] for m in rows], acc, yerr=err, marker="o", capsize=3, label=f"accuracy {tier}")
         if not tiers:
             ax.plot(eval_steps, [m["eval/accuracy"] for m in eval_history], "o-", label="accuracy")
-        ax.plot(eval_steps, [m["eval/format_rate"] for m in eval_history], "s--", color="tab:gray", label="format rate")
+        with_format = [m for m in eval_history if "eval/format_rate" in m]  # a task without a format reward: none
+        if with_format:
+            ax.plot([m["step"] for m in with_format], [m["eval/format_rate"] for m in with_format], "s--",
+                    color="tab:gray", label="format rate")
         ax.legend(fontsize=7)
     ax.set(title="held-out evaluation (greedy, Wilson 95 %)", xlabel="step", ylim=(-0.02, 1.02))
 

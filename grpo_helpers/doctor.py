@@ -55,7 +55,7 @@ def _no_signal(history, window) -> Finding | None:
     return Finding("no_signal", "problem", "Almost every group's rewards are all equal: the advantages are zero, so "
                    "GRPO has nothing to learn from.",
                    f"frac_reward_zero_std = {share:.2f} over the last {window} steps",
-                   "partial-credit rewards (rewards.GROUNDED_WEIGHTS), a larger group_size, easier tasks (tiers, "
+                   "partial-credit rewards (countdown.rewards.GROUNDED_WEIGHTS), a larger group_size, easier tasks (tiers, "
                    "curriculum='success'), dynamic_sampling > 0, or a cold start (sft_steps) if the base model never "
                    "succeeds")
 
@@ -121,7 +121,7 @@ def _reward_without_accuracy(history, window, completions) -> Finding | None:
                    "is not solving the task.",
                    f"mean reward {rise:+.2f} (first vs last {window} steps){accuracy_text}{top}",
                    "read the top-scoring completions; pay only for answers built from the task's numbers "
-                   "(rewards.GROUNDED_WEIGHTS); judge by held-out accuracy, not reward")
+                   "(countdown.rewards.GROUNDED_WEIGHTS); judge by held-out accuracy, not reward")
 
 
 def _loss_near_zero(history, window) -> Finding | None:

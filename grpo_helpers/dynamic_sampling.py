@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from grpo_helpers.rewards import RewardBreakdown
+from grpo_helpers.scoring import RewardBreakdown
 from grpo_helpers.rollout import Rollout, select_groups
 
 

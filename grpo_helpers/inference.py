@@ -1,4 +1,4 @@
-"""Chapter 06: load the trained adapter, ask it for answers, and measure it against the base model.
+"""Evaluation: load the trained adapter, ask it for answers, and measure it against the base model, for any task.
 
 A few dozen held-out tasks give noisy rates, so every rate comes with a Wilson 95% interval, and pass@k uses the
 unbiased estimator of Chen et al. (2021) over n >= k samples per task instead of "any of k samples correct".
@@ -22,18 +22,18 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from grpo_helpers.checks import require_int, require_task
-from grpo_helpers.data import render_prompt, render_prompts, validate_rows
+from grpo_helpers.checks import require_int
 from grpo_helpers.errors import MissingFileError
 from grpo_helpers.models import load_model_and_tokenizer, load_tokenizer
 from grpo_helpers.monitor import hack_signals
-from grpo_helpers.rewards import equation_reward, evaluate_expression, extract_answer, score_completions
 from grpo_helpers.rollout import generate_groups
+from grpo_helpers.task import Task, extract_answer
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXPECTED_ADAPTER = ("a folder with adapter_config.json and adapter_model.safetensors, as written by "
                     "GRPOTrainer.save_adapter (chapter 04 writes it to {run_dir}/adapter)")
-EVAL_WEIGHTS = {"format": 1.0, "equation": 1.0}
+# what an evaluation record adds to its row: everything else in a record is the row's own columns
+RECORD_FIELDS = ("index", "completions", "correct", "formatted", "lengths", "truncated", "num_correct")
 AHA_PATTERNS = ("wait", "let's try another", "let me try", "aha", "actually", "recheck", "mistake")
 
 # --------------------------------------------------------------------------------------------------------------
@@ -161,25 +161,22 @@ def _generator(model: torch.nn.Module, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed % 2**63)
 
 
-def solve_task(model: torch.nn.Module, tokenizer, nums: Sequence[int], target: int, *, max_new_tokens: int = 256,
-               greedy: bool = True, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """Ask the model one task with the chapter's prompt and check its answer with the verifier of chapter 02.
-
-    `value` is the exact value of the answer (safe evaluator, never eval), so a wrong answer shows how far off it is."""
-    nums, target = require_task(nums, target)
+def ask(model: torch.nn.Module, tokenizer, row: dict, *, task: Task, max_new_tokens: int = 256,
+        greedy: bool = True, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """One row's prompt to the model, the completion scored by every reward function of the task: what a reader
+    looks at when asking "what does the model write, and would the verifier accept it?"."""
+    (row,) = task.rows([row], what="row")
     require_int("max_new_tokens", max_new_tokens)
     _check_sampling(temperature, greedy)
-    task = {"nums": nums, "target": target}
-    rollout = generate_groups(model, tokenizer, [render_prompt(tokenizer, task)], group_size=1,
+    rollout = generate_groups(model, tokenizer, task.render_prompts(tokenizer, [row]), group_size=1,
                               max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy,
                               generator=_generator(model, seed))
     text = rollout.texts[0]
-    scores = score_completions([text], nums=[nums], target=[target], weights=EVAL_WEIGHTS)
-    answer = extract_answer(text)
-    value: Fraction | None = None if answer is None else evaluate_expression(answer)
-    return {"nums": nums, "target": target, "completion": text, "answer": answer, "value": value,
-            "format": scores.per_function["format"][0], "equation": scores.per_function["equation"][0],
-            "correct": scores.per_function["equation"][0] == 1.0, "tokens": int(rollout.lengths[0]),
+    scores = task.score([text], [row], weights={name: 1.0 for name in task.reward_funcs},
+                        completion_lengths=rollout.lengths.tolist(), max_completion_length=max_new_tokens)
+    return {**row, "completion": text, "answer": extract_answer(text),
+            "rewards": {name: values[0] for name, values in scores.per_function.items()},
+            "correct": scores.per_function[task.correct_reward][0] == 1.0, "tokens": int(rollout.lengths[0]),
             "truncated": bool(rollout.truncated[0])}
 
 
@@ -226,12 +223,12 @@ class EvalResult:
     k: int
     accuracy: float
     accuracy_ci: tuple[float, float]
-    format_rate: float
-    format_ci: tuple[float, float]
+    format_rate: float | None  # None when the task has no format reward
+    format_ci: tuple[float, float] | None
     mean_length: float  # tokens per completion, all samples
     pass_at: dict[int, float]  # j -> unbiased pass@j from the k samples, j = 1..k
     pass_at_k_ci: tuple[float, float]  # Wilson interval of pass@k (= share of tasks with a correct sample)
-    records: list[dict[str, Any]]  # per task: nums, target, solution, completions, correct, formatted, lengths, ...
+    records: list[dict[str, Any]]  # per row: its columns, then completions, correct, formatted, lengths, ...
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -244,51 +241,53 @@ class EvalResult:
         return [r["correct"][0] for r in self.records]
 
     def summary(self) -> dict[str, float]:
-        out = {"tasks": self.num_tasks, "accuracy": self.accuracy, "format_rate": self.format_rate,
-               "mean_length": self.mean_length}
+        out = {"tasks": self.num_tasks, "accuracy": self.accuracy}
+        if self.format_rate is not None:
+            out["format_rate"] = self.format_rate
+        out["mean_length"] = self.mean_length
         out.update({f"pass@{j}": v for j, v in self.pass_at.items()})
         return out
 
 
-def score_samples(tasks: list[dict], completions: list[list[str]], *, lengths: list[list[int]],
+def row_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The row an evaluation record was made from (its own columns, without what the evaluation added)."""
+    return {key: value for key, value in record.items() if key not in RECORD_FIELDS}
+
+
+def score_samples(rows: list[dict], completions: list[list[str]], *, task: Task, lengths: list[list[int]],
                   truncated: list[list[bool]] | None = None) -> EvalResult:
-    """Score k completions per task (the same k for every task) with the chapter 02 verifier and aggregate."""
-    tasks = validate_rows(tasks)
-    if not tasks:
-        raise ValueError("tasks is empty: evaluate at least one task")
+    """Score k completions per row (the same k for every row) with the task's judge and aggregate."""
+    rows = task.rows(rows, what="rows")
     k = len(completions[0]) if completions else 0
-    if len(completions) != len(tasks) or k < 1 or any(len(c) != k for c in completions):
-        raise ValueError(f"completions must hold the same number (>= 1) of samples for each of the {len(tasks)} "
-                         f"tasks, got {[len(c) for c in completions]}")
-    if len(lengths) != len(tasks) or any(len(x) != k for x in lengths):
-        raise ValueError("lengths must have the same shape as completions (tasks x k)")
-    truncated = truncated if truncated is not None else [[False] * k for _ in tasks]
-    flat = [text for texts in completions for text in texts]
-    scores = score_completions(flat, nums=[t["nums"] for t in tasks for _ in range(k)],
-                               target=[t["target"] for t in tasks for _ in range(k)], weights=EVAL_WEIGHTS)
+    if len(completions) != len(rows) or k < 1 or any(len(c) != k for c in completions):
+        raise ValueError(f"completions must hold the same number (>= 1) of samples for each of the {len(rows)} "
+                         f"rows, got {[len(c) for c in completions]}")
+    if len(lengths) != len(rows) or any(len(x) != k for x in lengths):
+        raise ValueError("lengths must have the same shape as completions (rows x k)")
+    truncated = truncated if truncated is not None else [[False] * k for _ in rows]
+    judged = task.judge([text for texts in completions for text in texts], rows, repeat=k)
     records = []
-    for i, task in enumerate(tasks):
-        rows = slice(i * k, (i + 1) * k)
-        correct = [v == 1.0 for v in scores.per_function["equation"][rows]]
-        records.append({"index": i, "nums": task["nums"], "target": task["target"], "solution": task["solution"],
-                        "tier": task.get("tier"),
-                        "completions": list(completions[i]), "correct": correct,
-                        "formatted": [v == 1.0 for v in scores.per_function["format"][rows]],
+    for i, row in enumerate(rows):
+        part = slice(i * k, (i + 1) * k)
+        correct = judged["correct"][part]
+        records.append({**row, "tier": row.get("tier"), "index": i, "completions": list(completions[i]),
+                        "correct": correct, "formatted": judged["formatted"][part] if "formatted" in judged else None,
                         "lengths": [int(x) for x in lengths[i]], "truncated": [bool(x) for x in truncated[i]],
                         "num_correct": sum(correct)})
     n = len(records)
     first_correct = sum(r["correct"][0] for r in records)
-    first_formatted = sum(r["formatted"][0] for r in records)
+    first_formatted = sum(r["formatted"][0] for r in records) if "formatted" in judged else None
     any_correct = sum(r["num_correct"] > 0 for r in records)
     return EvalResult(
         k=k, accuracy=first_correct / n, accuracy_ci=wilson_interval(first_correct, n),
-        format_rate=first_formatted / n, format_ci=wilson_interval(first_formatted, n),
+        format_rate=None if first_formatted is None else first_formatted / n,
+        format_ci=None if first_formatted is None else wilson_interval(first_formatted, n),
         mean_length=sum(sum(r["lengths"]) for r in records) / (n * k),
         pass_at={j: sum(pass_at_k(k, r["num_correct"], j) for r in records) / n for j in range(1, k + 1)},
         pass_at_k_ci=wilson_interval(any_correct, n), records=records)
 
 
-def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1, max_new_tokens: int = 256,
+def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, task: Task, k: int = 1, max_new_tokens: int = 256,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False, batch_size: int = 8,
              seed: int = 0, desc: str = "evaluate") -> EvalResult:
     """k samples per task (greedy only with k == 1: greedy samples are identical), scored and aggregated.
@@ -296,9 +295,7 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1
     `batch_size` tasks (batch_size * k completions) are generated together; batch b is sampled with its own
     generator seeded from (seed, b), so the same tasks, seed and batch_size give the same samples, and two models
     evaluated with the same seed share their random numbers."""
-    tasks = validate_rows(tasks)
-    if not tasks:
-        raise ValueError("tasks is empty: evaluate at least one task")
+    tasks = task.rows(tasks, what="tasks")
     for name, value in (("k", k), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         require_int(name, value)
     if greedy and k > 1:
@@ -309,14 +306,14 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, k: int = 1
     completions, lengths, truncated = [], [], []
     for first in tqdm(range(0, len(tasks), batch_size), desc=desc, unit="batch"):
         chunk = tasks[first:first + batch_size]
-        rollout = generate_groups(model, tokenizer, render_prompts(tokenizer, chunk), group_size=k,
+        rollout = generate_groups(model, tokenizer, task.render_prompts(tokenizer, chunk), group_size=k,
                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   top_k=top_k, greedy=greedy, generator=_generator(model, seed * 1_000_003 + first))
         for i in range(len(chunk)):  # rows i*k .. i*k + k - 1 are the samples of task i (prompt-major)
             completions.append(rollout.texts[i * k:(i + 1) * k])
             lengths.append(rollout.lengths[i * k:(i + 1) * k].tolist())
             truncated.append(rollout.truncated[i * k:(i + 1) * k].tolist())
-    result = score_samples(tasks, completions, lengths=lengths, truncated=truncated)
+    result = score_samples(tasks, completions, task=task, lengths=lengths, truncated=truncated)
     result.settings = {"k": k, "greedy": greedy, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                        "max_new_tokens": max_new_tokens,
                        "batch_size": batch_size, "seed": seed, "seconds": time.perf_counter() - start}
@@ -329,26 +326,28 @@ def evaluate_tiers(model: torch.nn.Module, tokenizer, tasks: list[dict], *, per_
     tier form one set named "all". Per-tier results keep an easy tier's gains from hiding a hard tier's losses."""
     require_int("per_tier", per_tier)
     by_tier: dict[str, list[dict]] = {}
-    for task in tasks:
-        by_tier.setdefault(task.get("tier") or "all", []).append(task)
+    for row in tasks:
+        by_tier.setdefault(row.get("tier") or "all", []).append(row)
     desc = settings.pop("desc", "evaluate")
     return {tier: evaluate(model, tokenizer, rows[:per_tier], desc=f"{desc} [{tier}]", **settings)
             for tier, rows in by_tier.items()}
 
 
-def tier_metrics(results: dict[str, EvalResult]) -> dict[str, Any]:
+def tier_metrics(results: dict[str, EvalResult], *, task: Task) -> dict[str, Any]:
     """Flat metrics of `evaluate_tiers`: pooled `eval/accuracy`, format rate, length and the hack monitor's shares
     (first samples), then per tier `eval/<tier>/accuracy` with its Wilson 95 % interval and task count."""
     records = [r for result in results.values() for r in result.records]
     solved = sum(r["correct"][0] for r in records)
     first = [r["completions"][0] for r in records]
-    signals = hack_signals(first, records)
-    out: dict[str, Any] = {
-        "eval/accuracy": solved / len(records), "eval/format_rate": sum(r["formatted"][0] for r in records) / len(records),
-        "eval/mean_length": sum(res.mean_length * res.num_tasks for res in results.values()) / len(records),
-        "eval/num_tasks": len(records), "eval/uses_numbers": signals["hack/uses_numbers"],
-        "eval/identical_answers": signals["hack/identical_answers"],
-    }
+    signals = hack_signals(first, [row_of(r) for r in records], task=task)
+    out: dict[str, Any] = {"eval/accuracy": solved / len(records)}
+    if records[0]["formatted"] is not None:
+        out["eval/format_rate"] = sum(r["formatted"][0] for r in records) / len(records)
+    out["eval/mean_length"] = sum(res.mean_length * res.num_tasks for res in results.values()) / len(records)
+    out["eval/num_tasks"] = len(records)
+    if "hack/uses_numbers" in signals:
+        out["eval/uses_numbers"] = signals["hack/uses_numbers"]
+    out["eval/identical_answers"] = signals["hack/identical_answers"]
     if list(results) != ["all"]:
         for tier, result in results.items():
             out.update({f"eval/{tier}/accuracy": result.accuracy, f"eval/{tier}/accuracy_low": result.accuracy_ci[0],
@@ -356,13 +355,14 @@ def tier_metrics(results: dict[str, EvalResult]) -> dict[str, Any]:
     return out
 
 
-def split_by_tier(result: EvalResult) -> dict[str, EvalResult]:
+def split_by_tier(result: EvalResult, *, task: Task) -> dict[str, EvalResult]:
     """The same samples, scored tier by tier (records without a tier form "all"): per-tier pass@k and intervals
     from one mixed evaluation."""
     by_tier: dict[str, list[dict]] = {}
     for record in result.records:
         by_tier.setdefault(record.get("tier") or "all", []).append(record)
-    return {tier: score_samples(records, [r["completions"] for r in records], lengths=[r["lengths"] for r in records],
+    return {tier: score_samples([row_of(r) for r in records], [r["completions"] for r in records], task=task,
+                                lengths=[r["lengths"] for r in records],
                                 truncated=[r["truncated"] for r in records])
             for tier, records in by_tier.items()}
 
@@ -407,7 +407,7 @@ def plot_tiers(results: dict[str, dict[str, EvalResult]], *, title: str = "held-
 
 
 def _check_comparable(base: EvalResult, tuned: EvalResult) -> None:
-    same = [(r["nums"], r["target"]) for r in base.records] == [(r["nums"], r["target"]) for r in tuned.records]
+    same = [row_of(r) for r in base.records] == [row_of(r) for r in tuned.records]
     if not same:
         raise ValueError(f"the two results are on different tasks ({base.num_tasks} vs {tuned.num_tasks}, or a "
                          f"different order): evaluate both models on the same task list")
@@ -423,8 +423,7 @@ def compare(base_result: EvalResult, tuned_result: EvalResult) -> dict[str, Any]
              for name in base if name != "tasks"]
 
     def rows(solved_by: EvalResult, missed_by: EvalResult) -> list[dict[str, Any]]:
-        return [{"index": a["index"], "nums": a["nums"], "target": a["target"], "solution": a["solution"],
-                 "base": base_result.records[a["index"]]["completions"][0],
+        return [{"index": a["index"], **row_of(a), "base": base_result.records[a["index"]]["completions"][0],
                  "tuned": tuned_result.records[a["index"]]["completions"][0]}
                 for a, b in zip(solved_by.records, missed_by.records) if a["correct"][0] and not b["correct"][0]]
 
@@ -441,13 +440,14 @@ def plot_comparison(base_result: EvalResult, tuned_result: EvalResult, *,
 
     _check_comparable(base_result, tuned_result)
     k = base_result.k
-    names = ["accuracy", "format rate", f"pass@{k}"]
+    with_format = base_result.format_rate is not None and tuned_result.format_rate is not None
+    names = ["accuracy"] + (["format rate"] if with_format else []) + [f"pass@{k}"]
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.38
     for offset, result, label, color in ((-width / 2, base_result, labels[0], "tab:gray"),
                                          (width / 2, tuned_result, labels[1], "tab:blue")):
-        values = [result.accuracy, result.format_rate, result.pass_at[k]]
-        intervals = [result.accuracy_ci, result.format_ci, result.pass_at_k_ci]
+        values = [result.accuracy] + ([result.format_rate] if with_format else []) + [result.pass_at[k]]
+        intervals = [result.accuracy_ci] + ([result.format_ci] if with_format else []) + [result.pass_at_k_ci]
         errors = [[v - lo for v, (lo, _) in zip(values, intervals)], [hi - v for v, (_, hi) in zip(values, intervals)]]
         xs = [i + offset for i in range(len(names))]
         ax.bar(xs, values, width, yerr=errors, capsize=4, label=label, color=color)
@@ -466,7 +466,7 @@ def plot_comparison(base_result: EvalResult, tuned_result: EvalResult, *,
 # "Aha" moments
 
 
-def find_aha(records: list[dict], *, patterns: Sequence[str] = AHA_PATTERNS) -> list[dict[str, Any]]:
+def find_aha(records: list[dict], *, task: Task, patterns: Sequence[str] = AHA_PATTERNS) -> list[dict[str, Any]]:
     """Completions that correct themselves (a phrase from `patterns`, any case, as whole words) AND end with a
     correct answer, most corrections first, then shortest. Correctness is re-checked with the verifier, so the
     records can be EvalResult.records (`completions` lists) or training log rows (one `completion` each)."""
@@ -477,17 +477,18 @@ def find_aha(records: list[dict], *, patterns: Sequence[str] = AHA_PATTERNS) -> 
     found = []
     for index, record in enumerate(records):
         texts = record["completions"] if "completions" in record else [record["completion"]]
-        correct = equation_reward(list(texts), nums=[record["nums"]] * len(texts), target=[record["target"]] * len(texts))
+        row = {key: value for key, value in row_of(record).items() if key != "completion"}
+        correct = task.correct(list(texts), [row], repeat=len(texts))
         for text, ok in zip(texts, correct):
             hits = [m.group(0).lower() for m in regex.finditer(text)]
-            if ok == 1.0 and hits:
-                found.append({"record": index, "nums": record["nums"], "target": record["target"], "completion": text,
+            if ok and hits:
+                found.append({"record": index, **row, "completion": text,
                               "phrases": sorted(set(hits)), "corrections": len(hits), "length": len(text)})
     return sorted(found, key=lambda a: (-a["corrections"], a["length"]))
 
 
 __all__ = [
-    "AHA_PATTERNS", "EVAL_WEIGHTS", "EvalResult", "load_policy", "merge_and_save", "solve_task",
+    "AHA_PATTERNS", "RECORD_FIELDS", "EvalResult", "load_policy", "merge_and_save", "ask", "row_of",
     "pass_at_k", "wilson_interval", "score_samples", "evaluate", "compare", "plot_comparison", "find_aha",
     "evaluate_tiers", "tier_metrics", "split_by_tier", "paired_sign_test", "plot_tiers",
 ]

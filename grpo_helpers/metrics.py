@@ -15,10 +15,10 @@ from accelerate.utils import gather_object
 from grpo_helpers.batch import Batch
 from grpo_helpers.distributed import gather, mean, total
 from grpo_helpers.monitor import hack_signals
-from grpo_helpers.rewards import equation_reward
+from grpo_helpers.task import Task
 
 
-def step_metrics(batches: list[Batch], stats: dict[str, float], *, step: int, reward_names: list[str],
+def step_metrics(batches: list[Batch], stats: dict[str, float], *, task: Task, step: int, reward_names: list[str],
                  learning_rate: float, accelerator: Accelerator) -> dict[str, Any]:
     """One step's metrics row from its batches and the update's stats (loss, grad_norm, clip ratios, kl)."""
     G = batches[0].rollout.group_size
@@ -49,8 +49,8 @@ def step_metrics(batches: list[Batch], stats: dict[str, float], *, step: int, re
     })
     # the hack monitor and per-tier training accuracy, over every process's completions
     answered = gather_object([(text, b.tasks[i // G]) for b in batches for i, text in enumerate(b.rollout.texts)])
-    metrics.update(hack_signals([text for text, _ in answered], [task for _, task in answered]))
-    metrics.update(tier_accuracy(answered))
+    metrics.update(hack_signals([text for text, _ in answered], [row for _, row in answered], task=task))
+    metrics.update(tier_accuracy(answered, task=task))
     discarded = total(accelerator, sum(b.dynamic.get("dynamic/discarded_tokens", 0) for b in batches))
     metrics["generated_tokens"] = metrics["completions/total_tokens"] + discarded  # the step's generation cost
     for key in sorted({k for b in batches for k in b.dynamic} - {"dynamic/discarded_tokens"}):  # shares and counts
@@ -58,24 +58,27 @@ def step_metrics(batches: list[Batch], stats: dict[str, float], *, step: int, re
     return metrics
 
 
-def tier_accuracy(answered: list[tuple[str, dict]]) -> dict[str, float]:
-    """`train/accuracy/<tier>`: the share of correct completions per difficulty tier (tasks without one: none)."""
+def tier_accuracy(answered: list[tuple[str, dict]], *, task: Task) -> dict[str, float]:
+    """`train/accuracy/<tier>`: the share of correct completions (the task's judge) per difficulty tier (rows
+    without a tier: none)."""
+    tiered = [(text, row) for text, row in answered if row.get("tier")]
+    if not tiered:
+        return {}
+    correct = task.correct([text for text, _ in tiered], [row for _, row in tiered])
     by_tier: dict[str, list[float]] = {}
-    for text, task in answered:
-        if task.get("tier"):
-            by_tier.setdefault(task["tier"], []).append(
-                equation_reward([text], nums=[task["nums"]], target=[task["target"]])[0])
-    return {f"train/accuracy/{tier}": sum(correct) / len(correct) for tier, correct in sorted(by_tier.items())}
+    for (_, row), ok in zip(tiered, correct):
+        by_tier.setdefault(row["tier"], []).append(float(ok))
+    return {f"train/accuracy/{tier}": sum(values) / len(values) for tier, values in sorted(by_tier.items())}
 
 
 def completion_rows(batches: list[Batch], *, step: int, rank: int) -> list[dict[str, Any]]:
-    """One row per sampled completion (completions.jsonl): the task, the text, its rewards and advantage."""
+    """One row per sampled completion (completions.jsonl): the row's columns, the text, its rewards and advantage."""
     rows = []
     for b in batches:
         G = b.rollout.group_size
         for i, text in enumerate(b.rollout.texts):
-            task = b.tasks[i // G]
-            rows.append({"step": step, "rank": rank, "nums": task["nums"], "target": task["target"],
+            row = b.tasks[i // G]
+            rows.append({"step": step, "rank": rank, **{k: v for k, v in row.items() if k != "prompt"},
                          "completion": text, "reward": b.rewards[i].item(), "advantage": b.advantages[i].item(),
                          **{f"rewards/{k}": v[i] for k, v in b.per_function.items()}})
     return rows

@@ -60,8 +60,8 @@ def arm_config(arm: str, *, seed: int, steps: int, output_dir: str | Path, init_
                        output_dir=str(output_dir))
 
 
-def run_arm(arm: str, *, seed: int, steps: int, output_dir: str | Path, train_tasks: list[dict],
-            test_tasks: list[dict], init_adapter: str = "", eval_tasks: int = 32, token_budget: int = 0,
+def run_arm(arm: str, *, seed: int, steps: int, output_dir: str | Path, train_dataset: list[dict],
+            eval_dataset: list[dict], init_adapter: str = "", eval_tasks: int = 32, token_budget: int = 0,
             **overrides: Any) -> dict[str, Any]:
     """Train one arm for `steps` steps (with a `token_budget`: until it has generated that many tokens, `steps` at
     most) and evaluate it greedily on the first `eval_tasks` held-out tasks of each tier; returns what the comparison
@@ -69,7 +69,7 @@ def run_arm(arm: str, *, seed: int, steps: int, output_dir: str | Path, train_ta
     config = arm_config(arm, seed=seed, steps=steps, output_dir=output_dir, init_adapter=init_adapter,
                         eval_tasks=eval_tasks, **overrides)
     callbacks = [TokenBudget(token_budget)] if token_budget else []
-    trainer = GRPOTrainer(config, train_tasks=train_tasks, test_tasks=test_tasks, callbacks=callbacks)
+    trainer = GRPOTrainer(config, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
     history = trainer.train()
     result = {
         "arm": arm, "seed": seed, "steps": len(history), "switch": ARMS[arm],
@@ -86,12 +86,12 @@ def run_arm(arm: str, *, seed: int, steps: int, output_dir: str | Path, train_ta
     return result
 
 
-def evaluate_start(*, seed: int, output_dir: str | Path, train_tasks: list[dict], test_tasks: list[dict],
+def evaluate_start(*, seed: int, output_dir: str | Path, train_dataset: list[dict], eval_dataset: list[dict],
                    init_adapter: str = "", eval_tasks: int = 32, **overrides: Any) -> dict[str, dict[str, int]]:
     """Where every arm starts: the starting adapter's successes per tier, on the same held-out tasks."""
     config = arm_config("dapo", seed=seed, steps=1, output_dir=output_dir, init_adapter=init_adapter,
                         eval_tasks=eval_tasks, **overrides)
-    trainer = GRPOTrainer(config, train_tasks=train_tasks, test_tasks=test_tasks)  # trains nothing
+    trainer = GRPOTrainer(config, train_dataset=train_dataset, eval_dataset=eval_dataset)  # trains nothing
     solved = _solved_per_tier(trainer)
     del trainer
     gc.collect()

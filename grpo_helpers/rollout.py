@@ -19,7 +19,7 @@ import torch
 from transformers import (Cache, DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
 
-from grpo_helpers.data import tokenize_prompts
+from grpo_helpers.task import tokenize_prompts
 from grpo_helpers.loss import position_ids_from_mask  # the loss scores with the same positions
 
 

@@ -1,12 +1,15 @@
-"""Run the tutorial headlessly: every chapter notebook in order, with one parameters file, into runs/<timestamp>/.
+"""Run the tutorial headlessly: every chapter notebook in order, with one parameter set, into runs/<timestamp>/.
 
-    python -m grpo_helpers.run_notebooks --params params/cpu.yaml            # what `make demo` runs
-    python -m grpo_helpers.run_notebooks --params params/smoke.yaml --only 01 02 -p seed 7
+    python -m grpo_helpers.run_notebooks --params params/cpu            # what `make demo` runs
+    python -m grpo_helpers.run_notebooks --params params/smoke --only 01 02 -p seed 7
 
-Each notebook receives the keys of the parameters file that it declares in its `parameters` cell, plus
-`run_dir` (the run folder, shared by all chapters so that the data split, the adapter and the figures flow from
-one chapter to the next). A failing cell stops the run with the notebook and cell named; the partially executed
-notebook is kept for inspection.
+A parameter set is a folder with one file per chapter, params/<set>/NN.yaml for NN_*.ipynb, holding only names that
+chapter declares in its `parameters` cell: the same file works with plain `papermill -f`, which then has nothing
+unknown to warn about. A chapter without a file runs on its defaults. Your own single flat file works too: each
+chapter receives the names it declares. Every chapter also receives `run_dir` (the run folder, shared by all chapters
+so that the data split, the adapter and the figures flow from one chapter to the next). A name that no chapter it
+reaches declares is refused before anything runs (papermill would only log a warning and run on with the default).
+A failing cell stops the run with the notebook and cell named; the partially executed notebook is kept.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from typing import Any
 import yaml
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def chapter(notebook: Path) -> str:
+    """The chapter's number: the name of its file in a parameter set (params/cpu/04.yaml for 04_*.ipynb)."""
+    return notebook.name[:2]
 
 
 def chapter_notebooks(folder: Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
@@ -44,24 +52,53 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
 
 
 def check_parameter_names(names: dict[str, str], notebooks: list[Path]) -> None:
-    """Every name (-> where it came from) must be declared by some chapter: a typo is refused with the close
+    """Every name (-> where it came from) must be declared by one of `notebooks`: a typo is refused with the close
     match, never dropped while the run goes on with the default."""
-    declared = set().union(*(declared_parameters(nb) for nb in notebooks)) | {"run_dir", "output_dir"}
+    declared = set().union(*(declared_parameters(nb) for nb in notebooks))
     unknown = [name for name in names if name not in declared]
     if unknown:
+        nobody, who = (("no chapter declares it", "the chapters declare") if len(notebooks) > 1 else
+                       (f"{notebooks[0].name} does not declare it", f"{notebooks[0].name} declares"))
         lines = []
         for name in unknown:
             close = difflib.get_close_matches(name, sorted(declared), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"unknown parameter {name!r} ({names[name]}): no chapter declares it{hint}")
-        raise SystemExit("\n".join(lines) + f"\nparameters the chapters declare: {', '.join(sorted(declared))}")
+            lines.append(f"unknown parameter {name!r} ({names[name]}): {nobody}{hint}")
+        raise SystemExit("\n".join(lines) + f"\nparameters {who}: {', '.join(sorted(declared))}")
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    values = yaml.safe_load(Path(path).read_text()) or {}
+def read_mapping(path: Path) -> dict[str, Any]:
+    values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise SystemExit(f"{path} must hold a mapping of parameter names to values")
+        raise SystemExit(f"{path} must hold a mapping of parameter names to values, not a {type(values).__name__}")
     return values
+
+
+def load_params(path: str | Path, notebooks: list[Path] | None = None) -> dict[str, dict[str, Any]]:
+    """Each chapter's parameters (chapter number -> name -> value) from a parameter-set folder or one flat file,
+    every name checked against the chapters it reaches (see the module docstring)."""
+    path = Path(path)
+    notebooks = chapter_notebooks() if notebooks is None else notebooks
+    if path.is_file():
+        values = read_mapping(path)
+        check_parameter_names({name: str(path) for name in values}, notebooks)
+        return {chapter(nb): {k: v for k, v in values.items() if k in declared_parameters(nb)} for nb in notebooks}
+    if not path.is_dir():
+        folder = path.with_suffix("")
+        hint = f"; parameter sets are folders of per-chapter files: did you mean {folder}?" if folder.is_dir() else ""
+        raise SystemExit(f"--params {path} does not exist{hint}")
+    by_chapter = {chapter(nb): nb for nb in notebooks}
+    params = {}
+    for file in sorted(path.glob("*.yaml")):
+        if file.stem not in by_chapter:
+            raise SystemExit(f"{file}: no chapter {file.stem}; a parameter set holds one NN.yaml per chapter "
+                             f"notebook NN_*.ipynb, NN one of {', '.join(by_chapter)}")
+        values = read_mapping(file)
+        check_parameter_names({name: str(file) for name in values}, [by_chapter[file.stem]])
+        params[file.stem] = values
+    if not params:
+        raise SystemExit(f"--params {path}: a folder without any NN.yaml chapter file")
+    return params
 
 
 def export_figures(executed: Path, folder: Path) -> list[Path]:
@@ -85,8 +122,9 @@ def shared_paths(declared: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return {name: value for name, value in paths.items() if name in declared}
 
 
-def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Execute the chapters; returns one record per notebook (name, seconds, output path, figures)."""
+def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Execute the chapters, each with its own parameters (chapter number -> name -> value, as load_params returns);
+    returns one record per notebook (name, seconds, output path, figures)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -95,8 +133,7 @@ def run(params: dict[str, Any], *, out_dir: Path, only: list[str] | None = None)
     records = []
     for number, notebook in enumerate(notebooks, 1):
         declared = declared_parameters(notebook)
-        passed = {k: v for k, v in params.items() if k in declared}
-        passed.update(shared_paths(declared, out_dir))
+        passed = {**params.get(chapter(notebook), {}), **shared_paths(declared, out_dir)}
         print(f"[{number}/{len(notebooks)}] {notebook.name}  ({', '.join(f'{k}={v}' for k, v in passed.items())})",
               flush=True)
         executed = out_dir / notebook.name
@@ -187,17 +224,21 @@ def write_summary(records: list[dict[str, Any]], out_dir: Path, params_file: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params/cpu.yaml", help="flat YAML of notebook parameters")
+    parser.add_argument("--params", default="params/cpu",
+                        help="a parameter set (a folder of per-chapter NN.yaml files), or one flat YAML file")
     parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 02")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one parameter (the value is parsed as YAML)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    notebooks = chapter_notebooks()
+    params = load_params(args.params, notebooks)
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
-    check_parameter_names({**{name: args.params for name in params}, **{name: "-p" for name in overrides}},
-                          chapter_notebooks())
-    params.update(overrides)
+    check_parameter_names({name: "-p" for name in overrides}, notebooks)
+    for notebook in notebooks:  # an override reaches every chapter that declares the name
+        declared = declared_parameters(notebook)
+        params[chapter(notebook)] = {**params.get(chapter(notebook), {}),
+                                     **{k: v for k, v in overrides.items() if k in declared}}
     out_dir = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     start = time.perf_counter()
     records = run(params, out_dir=out_dir, only=args.only)

@@ -1,5 +1,8 @@
 """The cold start: a short LoRA fine-tune on solver-written reasoning traces, before GRPO.
 
+It takes rows the way the trainer does (grpo_helpers/task.py): prompt-completion rows (TRL's SFT format) are
+learned as they are; rows without a `completion` get one from the task's `traces` (Countdown: the solver's).
+
 Why: GRPO can only reinforce what the policy already samples. The bundled 135M model samples no correct answer
 on any Countdown tier, so its rewards carry no signal about solving (only about format, which it then games).
 DeepSeek-R1 (unlike R1-Zero) starts RL from a small supervised cold start; this is that step for a laptop model:
@@ -26,12 +29,13 @@ from transformers import get_scheduler
 
 from grpo_helpers.checkpoint import resume_training, save_training_checkpoint, seed_everything
 from grpo_helpers.config import ConfigError, GRPOConfig
-from grpo_helpers.data import PromptSampler, render_prompts, tokenize_prompts
+from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.distributed import zero_stage
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
 from grpo_helpers.run_folder import RunLock, append_json_lines, keep_lines_up_to, read_json_lines
-from grpo_helpers.traces import make_traces
+from grpo_helpers.samplers import PromptSampler
+from grpo_helpers.task import Task, tokenize_prompts
 
 WARMUP_STEPS = 10
 
@@ -55,12 +59,12 @@ def balanced_sample(tasks: list[dict], n: int, *, seed: int) -> list[dict]:
     return picked
 
 
-def trace_batch(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trace_batch(tokenizer, rows: list[dict], *, task: Task) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt (left-padded, as at sampling time) + completion + EOS (right-padded), and which tokens are targets.
 
     Returns input_ids and attention_mask (N, P + C) and completion_mask (N, C): 1 on the completion's tokens and
     its EOS, the tokens the loss is taken on."""
-    prompts = tokenize_prompts(tokenizer, render_prompts(tokenizer, rows))
+    prompts = tokenize_prompts(tokenizer, task.render_prompts(tokenizer, rows))
     completions = [tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                    for r in rows]
     C = max(len(c) for c in completions)
@@ -84,8 +88,8 @@ def sft_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, compl
 class ColdStart:
     """Supervised fine-tuning of a fresh LoRA adapter on verified traces; `train()` then `adapter_dir`."""
 
-    def __init__(self, config: GRPOConfig, *, train_tasks: list[dict], model=None, tokenizer=None,
-                 accelerator: Accelerator | None = None,
+    def __init__(self, config: GRPOConfig, *, train_dataset: Any, task: Task | None = None, model=None,
+                 tokenizer=None, accelerator: Accelerator | None = None,
                  callbacks: list[Callable[["ColdStart", dict[str, Any]], None]] | tuple = ()):
         cfg = config.cold_start
         self.accelerator = accelerator or Accelerator()
@@ -99,11 +103,11 @@ class ColdStart:
         self.config, self.callbacks = config, list(callbacks)
         self.output_dir = cold_start_dir(config)
         seed_everything(config.train.seed)
-        self.traces = make_traces(balanced_sample(train_tasks, cfg.sft_traces, seed=config.train.seed),
-                                  seed=config.train.seed)
+        self.task = task or countdown_task(config.rewards.reward_weights)
+        self.traces = self._traces(self.task.rows(train_dataset, what="train_dataset"))
         if len(self.traces) < cfg.sft_batch_size * self.accelerator.num_processes:
-            raise ValueError(f"only {len(self.traces)} of {cfg.sft_traces} sampled training tasks have a "
-                             f"whole-number solution to write a trace for: use more training tasks")
+            raise ValueError(f"only {len(self.traces)} of {cfg.sft_traces} sampled training rows have a trace (a "
+                             f"completion to learn): use more training rows")
         self.sampler = PromptSampler(self.traces, batch_size=cfg.sft_batch_size, seed=config.train.seed,
                                      rank=self.accelerator.process_index, world_size=self.accelerator.num_processes)
         if model is None:
@@ -119,6 +123,17 @@ class ColdStart:
         self.step, self.history = 0, []
         if config.train.resume:
             self.resume()
+
+    def _traces(self, rows: list[dict]) -> list[dict]:
+        """Up to sft_traces prompt-completion rows, balanced over tiers: given ones, or the task's own traces."""
+        cfg, seed = self.config.cold_start, self.config.train.seed
+        picked = balanced_sample(rows, cfg.sft_traces, seed=seed)
+        if all("completion" in row for row in rows):
+            return picked
+        if self.task.traces is None:
+            raise ValueError(f"the cold start needs prompt-completion rows (a 'completion' column) or a task with "
+                             f"traces: task {self.task.name!r} has neither")
+        return self.task.traces(picked, seed=seed)
 
     @property
     def metrics_path(self) -> Path:
@@ -152,7 +167,7 @@ class ColdStart:
         start = time.perf_counter()
         rows = next(self.sampler)
         input_ids, attention_mask, completion_mask = (t.to(self.accelerator.device)
-                                                      for t in trace_batch(self.tokenizer, rows))
+                                                      for t in trace_batch(self.tokenizer, rows, task=self.task))
         self.model.train()
         loss = sft_loss(self.model, input_ids, attention_mask, completion_mask)
         self.accelerator.backward(loss)
@@ -204,9 +219,9 @@ class ColdStart:
         return self.adapter_dir
 
 
-def run_cold_start(config: GRPOConfig, *, train_tasks: list[dict], **kwargs: Any) -> Path:
+def run_cold_start(config: GRPOConfig, *, train_dataset: Any, **kwargs: Any) -> Path:
     """Train the cold start (or reuse a finished one in the same folder when resume=True); the adapter's folder."""
-    trainer = ColdStart(config, train_tasks=train_tasks, **kwargs)
+    trainer = ColdStart(config, train_dataset=train_dataset, **kwargs)
     path = trainer.train()
     del trainer
     return path

@@ -1,9 +1,9 @@
 """The GRPO training loop: rollout -> rewards -> advantages -> reference -> loss -> optimizer step -> metrics.
 
 One loop on `accelerate`, so the same code runs on a CPU, one GPU or several processes. The pieces it calls each
-live in one place: sampling in rollout.py, rewards in rewards.py, the loss in loss.py, the memory-saving backward in
-backward.py, checkpoints in checkpoint.py, the logged metrics in metrics.py, what several processes change in
-distributed.py. Everything a run needs to continue exactly after a crash is checkpointed atomically; metrics and
+live in one place: the task (prompts, rewards, judge) in task.py, sampling in rollout.py, the loss in loss.py, the
+memory-saving backward in backward.py, checkpoints in checkpoint.py, the logged metrics in metrics.py, what several
+processes change in distributed.py. Everything a run needs to continue exactly after a crash is checkpointed atomically; metrics and
 sampled completions are appended as JSON lines that survive a kill.
 """
 
@@ -29,7 +29,8 @@ from grpo_helpers.callbacks import Callback
 from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, resume_training, save_training_checkpoint,
                                      seed_everything)
 from grpo_helpers.config import GRPOConfig, check_strategy
-from grpo_helpers.data import TierSampler, load_split, make_sampler, render_prompts, split_record
+from grpo_helpers.countdown.data import load_split
+from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dict, size_deepspeed_engine, total,
                                       whole_weights, zero_stage)
 from grpo_helpers.doctor import Finding, diagnose, report
@@ -39,17 +40,27 @@ from grpo_helpers.loss import grpo_loss
 from grpo_helpers.metrics import completion_rows, step_metrics
 from grpo_helpers.models import load_from_config, release_freed_memory
 from grpo_helpers.monitor import hack_warning
-from grpo_helpers.rewards import RewardBreakdown, score_completions
 from grpo_helpers.rollout import Rollout, generate_groups
 from grpo_helpers.run_folder import LOG_FILES, append_json_lines, claim_run_folder, keep_lines_up_to, read_json_lines
+from grpo_helpers.samplers import TierSampler, make_sampler
+from grpo_helpers.scoring import RewardBreakdown, RewardFunction
+from grpo_helpers.task import Task, split_digest
 
 
 class GRPOTrainer:
-    """Owns the model, optimizer and run state; `train()` runs the loop described in notebook 04."""
+    """Owns the model, optimizer and run state; `train()` runs the loop described in notebook 04.
 
-    def __init__(self, config: GRPOConfig, *, train_tasks: list[dict] | None = None,
-                 test_tasks: list[dict] | None = None, callbacks: list[Callback] | tuple = (),
-                 model=None, tokenizer=None, accelerator: Accelerator | None = None):
+    The task follows TRL's conventions (grpo_helpers/task.py): `train_dataset` and `eval_dataset` are rows with a
+    `prompt` column (a list of dicts or a `datasets.Dataset`), `reward_funcs` a `Task` or a list of reward functions
+    (the first one judges correctness). With neither, the run is Countdown, its rows made from `config.data`."""
+
+    def __init__(self, config: GRPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None,
+                 reward_funcs: Task | list[RewardFunction] | dict[str, RewardFunction] | None = None,
+                 callbacks: list[Callback] | tuple = (), model=None, tokenizer=None,
+                 accelerator: Accelerator | None = None):
+        self.task = _resolve_task(reward_funcs, config)
+        if reward_funcs is not None:  # the run records the weights it trains with, not the preset's
+            config = config.replace(reward_weights=dict(self.task.reward_weights))
         cfg = self.config = config
         self.callbacks = list(callbacks)
         self.accelerator = accelerator or Accelerator(
@@ -61,14 +72,13 @@ class GRPOTrainer:
         if cfg.train.deterministic:  # cuBLAS, attention and scatter kernels otherwise vary run to run on a GPU
             enable_full_determinism(cfg.train.seed)
 
-        if train_tasks is None or test_tasks is None:
-            split_train, split_test = load_split(cfg.data, seed=cfg.train.seed)
-            train_tasks = split_train if train_tasks is None else train_tasks
-            test_tasks = split_test if test_tasks is None else test_tasks
-        self.train_tasks, self.test_tasks = train_tasks, test_tasks
-        self.sampler = make_sampler(train_tasks, batch_size=cfg.rollout.num_prompts, seed=cfg.train.seed,
+        self.train_dataset, self.eval_dataset = self._datasets(train_dataset, eval_dataset)
+        self.sampler = make_sampler(self.train_dataset, batch_size=cfg.rollout.num_prompts, seed=cfg.train.seed,
                                     rank=self.rank, world_size=self.world_size, curriculum=cfg.data.curriculum,
                                     max_steps=cfg.train.max_steps)
+        if cfg.data.curriculum != "uniform" and not isinstance(self.sampler, TierSampler) and self.rank == 0:
+            tqdm.write(f"curriculum={cfg.data.curriculum!r} needs a 'tier' column on every training row: these rows "
+                       f"have none, so prompts are drawn uniformly")
 
         if model is None:
             model, tokenizer = load_from_config(cfg.model, device=self.accelerator.device)
@@ -104,6 +114,27 @@ class GRPOTrainer:
         if cfg.train.resume:
             self.resume()
 
+    def _datasets(self, train_dataset: Any, eval_dataset: Any) -> tuple[list[dict], list[dict]]:
+        """The rows, validated; a Countdown run makes any split it is not given from config.data."""
+        cfg = self.config
+        if self.task.name == "countdown" and (train_dataset is None or eval_dataset is None):
+            split_train, split_test = load_split(cfg.data, seed=cfg.train.seed)
+            train_dataset = split_train if train_dataset is None else train_dataset
+            eval_dataset = split_test if eval_dataset is None else eval_dataset
+        if train_dataset is None:
+            raise ValueError(f"train_dataset is missing: task {self.task.name!r} brings no data of its own; pass rows "
+                             f"with a 'prompt' column")
+        if self.task.name != "countdown" and self.rank == 0:
+            tqdm.write("train_dataset is used as given: the config's data settings (dataset, num_tasks, tiers, "
+                       "test_size) describe Countdown's generator and do not apply")
+        train = self.task.rows(train_dataset, what="train_dataset")
+        if eval_dataset is None:
+            if cfg.train.eval_every:
+                raise ValueError(f"eval_dataset is missing while eval_every={cfg.train.eval_every}: pass held-out "
+                                 f"rows, or set eval_every=0")
+            return train, []
+        return train, self.task.rows(eval_dataset, what="eval_dataset")
+
     # ------------------------------------------------------------------ the run's files
     def _log(self, name: str, rows: list[dict[str, Any]]) -> None:
         if self.accelerator.is_main_process:
@@ -112,7 +143,8 @@ class GRPOTrainer:
     def _save_run_files(self, folder: Path) -> None:
         """config.yaml, plus data_split.json: the tasks actually used (a split passed in is not in the config)."""
         self.config.save_yaml(folder / "config.yaml")
-        (folder / "data_split.json").write_text(json.dumps(split_record(self.train_tasks, self.test_tasks), indent=1))
+        split = split_digest(self.train_dataset, self.eval_dataset)
+        (folder / "data_split.json").write_text(json.dumps(split, indent=1))
 
     def save_checkpoint(self) -> Path:
         """Written to a temporary folder, then renamed: a kill mid-write leaves the previous checkpoint intact."""
@@ -145,20 +177,19 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the algorithm
     def _sample(self, tasks: list[dict]) -> tuple[Rollout, RewardBreakdown]:
-        """G completions per task from the current policy, scored by the configured rewards."""
+        """G completions per row from the current policy, scored by the task's weighted reward functions (each
+        column of the rows reaches them by name, repeated across the row's group)."""
         cfg, G = self.config, self.config.rollout.group_size
         with whole_weights(self.accelerator, self.model):
-            rollout = generate_groups(self.unwrapped_model, self.tokenizer, render_prompts(self.tokenizer, tasks),
-                                      group_size=G, max_new_tokens=cfg.rollout.max_new_tokens,
+            prompts = self.task.render_prompts(self.tokenizer, tasks)
+            rollout = generate_groups(self.unwrapped_model, self.tokenizer, prompts, group_size=G, max_new_tokens=cfg.rollout.max_new_tokens,
                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                       top_k=cfg.rollout.top_k, generator=self.generator, fast=cfg.model.fast,
                                       cuda_graph=cfg.rollout.cuda_graph)
-        nums = [t["nums"] for t in tasks for _ in range(G)]
-        target = [t["target"] for t in tasks for _ in range(G)]
-        return rollout, score_completions(rollout.texts, nums=nums, target=target, weights=cfg.rewards.reward_weights,
-                                          step=self.step + 1, time_limit=cfg.rewards.reward_time_limit,
-                                          completion_lengths=rollout.lengths.tolist(),
-                                          max_completion_length=cfg.rollout.max_new_tokens)
+        return rollout, self.task.score(rollout.texts, tasks, repeat=G, weights=cfg.rewards.reward_weights,
+                                        step=self.step + 1, time_limit=cfg.rewards.reward_time_limit,
+                                        completion_lengths=rollout.lengths.tolist(),
+                                        max_completion_length=cfg.rollout.max_new_tokens)
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
@@ -247,8 +278,8 @@ class GRPOTrainer:
         release_freed_memory()  # the backward's, before the next rollout
         if update:
             self.step += 1
-        metrics = step_metrics(batches, stats, step=self.step, reward_names=list(cfg.rewards.reward_weights),
-                               learning_rate=self.scheduler.get_last_lr()[0], accelerator=self.accelerator)
+        metrics = step_metrics(batches, stats, task=self.task, step=self.step,
+                               reward_names=list(cfg.rewards.reward_weights), learning_rate=self.scheduler.get_last_lr()[0], accelerator=self.accelerator)
         if update and isinstance(self.sampler, TierSampler):  # the curriculum follows measured success
             self.sampler.update({key.rsplit("/", 1)[1]: value for key, value in metrics.items()
                                  if key.startswith("train/accuracy/")})
@@ -265,11 +296,12 @@ class GRPOTrainer:
         cfg = self.config
         with whole_weights(self.accelerator, self.model):
             results = evaluate_tiers(self.unwrapped_model, self.tokenizer,
-                                     tasks if tasks is not None else self.test_tasks, per_tier=cfg.train.eval_tasks,
+                                     tasks if tasks is not None else self.eval_dataset, task=self.task,
+                                     per_tier=cfg.train.eval_tasks,
                                      max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
                                      batch_size=batch_size, seed=cfg.train.seed, desc=f"eval @ step {self.step}")
-        return {"step": self.step, **tier_metrics(results)}
+        return {"step": self.step, **tier_metrics(results, task=self.task)}
 
     def _run_eval(self) -> None:
         metrics = self.evaluate()
@@ -340,3 +372,21 @@ class GRPOTrainer:
             self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path
+
+
+def _resolve_task(reward_funcs: Task | list[RewardFunction] | dict[str, RewardFunction] | None,
+                  config: GRPOConfig) -> Task:
+    """The run's task: the one given; one made from plain reward functions (weighted by reward_weights when it names
+    them, the first function judging correctness); or Countdown with the config's weights."""
+    if reward_funcs is None:
+        return countdown_task(config.rewards.reward_weights)
+    if isinstance(reward_funcs, Task):
+        return reward_funcs
+    task = Task(reward_funcs=reward_funcs)
+    weights = config.rewards.reward_weights
+    if set(weights) <= set(task.reward_funcs):  # the config names these functions: its weights apply
+        task.reward_weights = dict(weights)
+    else:
+        tqdm.write(f"reward_weights {weights} name other functions than {list(task.reward_funcs)}: each of these "
+                   f"weighs 1.0 (pass a Task to choose, or set reward_weights to their names)")
+    return task

@@ -3,6 +3,7 @@
     accelerate launch --config_file launch/accelerate/ddp.yaml launch/train_grpo.py \
         --config launch/configs/qwen2.5-3b-countdown.yaml --set max_steps 100 --set lr 1e-6
     accelerate launch --config_file launch/accelerate/cpu_2proc.yaml launch/train_grpo.py --config cpu
+    launch/cpu_2proc.sh --task my_task.py --set sft_steps 0      # your own task (see --task)
 
 Every rank runs the same loop on its own prompts (the sampler gives rank r its own slice of each step's tasks);
 rewards and metrics are gathered across ranks before logging, and only the main process writes the metrics,
@@ -29,10 +30,11 @@ from accelerate.utils import InitProcessGroupKwargs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without `pip install -e .`
 
 from grpo_helpers.config import describe, load_config  # noqa: E402
-from grpo_helpers.data import load_split  # noqa: E402
+from grpo_helpers.countdown.data import load_split  # noqa: E402
 from grpo_helpers.distributed import gathered  # noqa: E402
 from grpo_helpers.doctor import Doctor  # noqa: E402
 from grpo_helpers.sft import run_cold_start  # noqa: E402
+from grpo_helpers.task import Task  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
 
 
@@ -45,7 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="force CPU processes (gloo) even where CUDA is present; automatic without CUDA")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
                         help="a .py file or module to import first, e.g. one that adds your own reward functions to "
-                             "grpo_helpers.rewards.REWARD_FUNCTIONS (repeatable)")
+                             "grpo_helpers.countdown.rewards.REWARD_FUNCTIONS (repeatable)")
+    parser.add_argument("--task", default=None, metavar="FILE_OR_MODULE",
+                        help="train your own task instead of Countdown: a .py file or module defining `task` (a "
+                             "grpo_helpers.task.Task or a list of reward functions, the first judging correctness), "
+                             "`train_dataset` and `eval_dataset` (rows with a 'prompt' column)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds a collective waits for the other ranks before the run fails")
     return parser.parse_args(argv)
@@ -62,8 +68,8 @@ def adapter_checksum(model: torch.nn.Module) -> float:
         return float(sum(p.detach().double().sum() for p in params))
 
 
-def import_extension(name: str) -> None:
-    """Import a user's module (by dotted name) or file (by path), for its side effects such as registering rewards."""
+def import_extension(name: str):
+    """Import a user's module (by dotted name) or file (by path): its task, or side effects such as rewards."""
     if name.endswith(".py"):
         path = Path(name).resolve()
         if not path.is_file():
@@ -73,8 +79,19 @@ def import_extension(name: str) -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
-    else:
-        importlib.import_module(name)
+        return module
+    return importlib.import_module(name)
+
+
+def user_task(name: str) -> tuple[Task, list | object, list | object | None]:
+    """(task, train_dataset, eval_dataset) from a --task module, or one error naming what the module lacks."""
+    module = import_extension(name)
+    missing = [attr for attr in ("task", "train_dataset") if not hasattr(module, attr)]
+    if missing:
+        raise SystemExit(f"--task {name}: the module defines no {' and no '.join(missing)}; it needs `task` (a "
+                         f"grpo_helpers.task.Task or a list of reward functions), `train_dataset` and `eval_dataset`")
+    task = module.task if isinstance(module.task, Task) else Task(reward_funcs=module.task)
+    return task, module.train_dataset, getattr(module, "eval_dataset", None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,14 +106,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}, device "
               f"{accelerator.device}\n{describe(config)}", flush=True)
     start = time.perf_counter()
+    if args.task:
+        task, train_rows, eval_rows = user_task(args.task)
+    else:
+        task = None
+        train_rows, eval_rows = load_split(config.data, seed=config.train.seed)
     if config.cold_start.sft_steps > 0 and not config.model.init_adapter:  # the recipe's cold start, on every rank
-        train_tasks, test_tasks = load_split(config.data, seed=config.train.seed)
-        config = config.replace(init_adapter=str(run_cold_start(config, train_tasks=train_tasks,
+        config = config.replace(init_adapter=str(run_cold_start(config, train_dataset=train_rows, task=task,
                                                                 accelerator=accelerator)))
         accelerator.free_memory()  # accelerate keeps every prepared model: drop the cold start's before GRPO's
-        trainer = GRPOTrainer(config, accelerator=accelerator, train_tasks=train_tasks, test_tasks=test_tasks)
-    else:
-        trainer = GRPOTrainer(config, accelerator=accelerator)
+    trainer = GRPOTrainer(config, accelerator=accelerator, train_dataset=train_rows, eval_dataset=eval_rows,
+                          reward_funcs=task)
     trainer.callbacks.append(Doctor())  # says each problem in the metrics when it appears; train() ends with all
     trainer.train()
     adapter = trainer.save_adapter(Path(config.train.output_dir) / "adapter")

@@ -20,7 +20,7 @@ def tokenizer():
 @pytest.fixture
 def length_reward(monkeypatch):
     """Registers `length` as a reward function for the duration of a test."""
-    from grpo_helpers import rewards
+    from grpo_helpers.countdown import rewards
     from tiny import length_reward
 
     monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)

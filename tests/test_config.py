@@ -33,7 +33,7 @@ def test_plain_and_dotted_overrides_reach_their_section():
     ("top_p", 1.5, "(0.0, 1.0]"),
     ("dtype", "fp8", "'auto'"),
     ("scale_rewards", "median", "'group', 'batch', 'none'"),
-    ("reward_weights", {"accuracy": 1.0}, "'format', 'equation'"),
+    ("reward_weights", {"": 1.0}, "a reward function's name"),
     ("test_size", 10**6, "fewer than num_tasks"),
     ("max_steps", 2.5, "integer >= 1"),
     ("deterministic", "yes", "true or false"),
@@ -80,3 +80,14 @@ def test_settings_a_deepspeed_run_cannot_honour_are_refused_before_loading(zero_
     check_strategy(config, zero_stage=None)  # without DeepSpeed every one of these is fine
     fine = load_config("cpu", prompts_per_pass=2, dynamic_sampling=0)
     check_strategy(fine, zero_stage=zero_stage)
+
+
+def test_countdown_refuses_a_reward_name_it_does_not_have():
+    """The config holds any task's weights; the Countdown task checks the names against its own functions (the
+    trainer builds it before any model loads)."""
+    from grpo_helpers.countdown.task import countdown_task
+
+    allowed = "reward_weights key='accuracy' is not allowed: choose one of 'format', 'equation'"
+    with pytest.raises(ConfigError, match=allowed):
+        countdown_task({"accuracy": 1.0})
+

@@ -11,11 +11,13 @@ from fractions import Fraction
 
 import pytest
 
-from grpo_helpers import data
-from grpo_helpers.data import (
-    ASSISTANT_PREFIX, SYSTEM_PROMPT, PromptSampler, count_solutions, dataset_stats, generate_countdown,
+from grpo_helpers.countdown import data
+from grpo_helpers.countdown.data import (
+    ASSISTANT_PREFIX, SYSTEM_PROMPT, count_solutions, dataset_stats, generate_countdown,
     load_countdown, load_jsonl, save_jsonl, solve, train_test_split, validate_rows,
 )
+from grpo_helpers.samplers import PromptSampler
+from grpo_helpers.task import tokenize_prompts
 
 # ---------------------------------------------------------------------------------------------------------------
 # Independent reference implementations (no code shared with the module under test)
@@ -392,7 +394,7 @@ def test_render_and_tokenize_with_bundled_tokenizer():
     for prompt, task in zip(prompts, tasks):
         assert prompt.endswith(ASSISTANT_PREFIX)
         assert str(task["nums"]) in prompt and f"equals {task['target']}" in prompt and SYSTEM_PROMPT in prompt
-    batch = data.tokenize_prompts(tokenizer, prompts)
+    batch = tokenize_prompts(tokenizer, prompts)
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (2, T)
     assert ids.shape == mask.shape and ids.shape[0] == 2
     assert mask[:, -1].all()  # left padding: every prompt ends at the last column

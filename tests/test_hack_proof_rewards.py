@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpo_helpers import data
+from grpo_helpers.countdown import data
 from grpo_helpers.config import PRESETS
-from grpo_helpers.rewards import (
+from grpo_helpers.countdown.rewards import (
     GROUNDED_WEIGHTS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, closeness_reward, grounded_format_reward, score_completions,
 )
 

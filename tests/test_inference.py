@@ -14,11 +14,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 matplotlib.use("Agg")
 
 from grpo_helpers import inference
+from grpo_helpers.countdown.task import countdown_task, solve_task
 from grpo_helpers.inference import (EvalResult, compare, evaluate, find_aha, load_policy, merge_and_save, pass_at_k,
-                                    plot_comparison, score_samples, solve_task, wilson_interval)
+                                    plot_comparison, score_samples, wilson_interval)
 from grpo_helpers.rollout import Rollout
 from tiny import tiny_llama, tiny_lora
 
+CD = countdown_task()
 TASKS = [{"nums": [3, 5, 7], "target": 22}, {"nums": [2, 4], "target": 8}, {"nums": [1, 9], "target": 10}]
 GOOD = {0: " 3*5=15, 15+7=22</think>\n<answer>3 * 5 + 7</answer>", 1: " ok</think>\n<answer>2 * 4</answer>",
         2: " ok</think>\n<answer>1 + 9</answer>"}
@@ -214,7 +216,7 @@ def test_wilson_interval_rejects_bad_counts():
 def handcrafted() -> EvalResult:
     """k=2 samples for 3 tasks. task 0: correct, wrong; task 1: unformatted-correct, correct; task 2: wrong, wrong."""
     completions = [[GOOD[0], WRONG_NUMBERS], [UNFORMATTED, GOOD[1]], [WRONG_NUMBERS, WRONG_NUMBERS]]
-    return score_samples(TASKS, completions, lengths=[[10, 20], [30, 40], [50, 60]])
+    return score_samples(TASKS, completions, lengths=[[10, 20], [30, 40], [50, 60]], task=CD)
 
 
 def test_scores_of_handcrafted_completions():
@@ -237,7 +239,7 @@ def test_evaluate_batches_keep_tasks_and_samples_in_order(tokenizer, monkeypatch
 
     generate, calls = fake_generate(texts_for)
     monkeypatch.setattr(inference, "generate_groups", generate)
-    result = evaluate(tiny_llama(tokenizer), tokenizer, TASKS, k=3, batch_size=2, seed=5)
+    result = evaluate(tiny_llama(tokenizer), tokenizer, TASKS, k=3, batch_size=2, seed=5, task=CD)
     assert [c["prompts"] for c in calls] == [2, 1] and all(c["group_size"] == 3 for c in calls)
     assert calls[0]["seed"] != calls[1]["seed"], "each batch needs its own random numbers"
     assert [r["correct"] for r in result.records] == [[True, False, False]] * 3
@@ -247,7 +249,7 @@ def test_evaluate_batches_keep_tasks_and_samples_in_order(tokenizer, monkeypatch
 
 def test_evaluate_is_deterministic_for_a_seed(tokenizer):
     model = tiny_lora(tokenizer)
-    run = lambda seed: evaluate(model, tokenizer, TASKS, k=2, max_new_tokens=6, batch_size=2, seed=seed).records
+    run = lambda seed: evaluate(model, tokenizer, TASKS, k=2, max_new_tokens=6, batch_size=2, seed=seed, task=CD).records
     first = run(3)
     assert first == run(3)
     assert first != run(4)
@@ -257,22 +259,22 @@ def test_evaluate_rejects_bad_settings(tokenizer):
     for kwargs, match in (({"k": 2, "greedy": True}, "greedy"), ({"k": 0}, "k=0"), ({"batch_size": 0}, "batch_size"),
                           ({"temperature": 0.0}, "temperature")):
         with pytest.raises(ValueError, match=match):
-            evaluate(None, tokenizer, TASKS, **kwargs)
+            evaluate(None, tokenizer, TASKS, **kwargs, task=CD)
     with pytest.raises(ValueError, match="empty"):
-        evaluate(None, tokenizer, [])
+        evaluate(None, tokenizer, [], task=CD)
 
 
 def test_compare_lists_tasks_one_model_solves():
     base = handcrafted()  # first samples: correct, correct, wrong
     tuned = score_samples(TASKS, [[WRONG_NUMBERS, GOOD[0]], [GOOD[1], GOOD[1]], [GOOD[2], WRONG_NUMBERS]],
-                          lengths=[[1, 1]] * 3)  # first samples: wrong, correct, correct
+                          lengths=[[1, 1]] * 3, task=CD)  # first samples: wrong, correct, correct
     out = compare(base, tuned)
     assert [r["index"] for r in out["only_base"]] == [0] and [r["index"] for r in out["only_tuned"]] == [2]
     assert out["only_tuned"][0]["tuned"] == GOOD[2] and out["only_tuned"][0]["base"] == WRONG_NUMBERS
     assert (out["both"], out["neither"]) == (1, 0)
     row = next(r for r in out["table"] if r["metric"] == "format_rate")
     assert row["base"] == pytest.approx(2 / 3) and row["tuned"] == 1.0 and row["change"] == pytest.approx(1 / 3)
-    other_tasks = score_samples(TASKS[:2], [[GOOD[0]] * 2, [GOOD[1]] * 2], lengths=[[1, 1]] * 2)
+    other_tasks = score_samples(TASKS[:2], [[GOOD[0]] * 2, [GOOD[1]] * 2], lengths=[[1, 1]] * 2, task=CD)
     with pytest.raises(ValueError, match="same task"):
         compare(base, other_tasks)
 
@@ -298,13 +300,13 @@ def test_find_aha_keeps_correct_self_corrections_best_first():
         ]},
         {"nums": [1, 9], "target": 10, "completion": " Let me try 1+9</think>\n<answer>1 + 9</answer>"},
     ]
-    found = find_aha(records)
+    found = find_aha(records, task=CD)
     assert [(a["record"], a["corrections"]) for a in found] == [(0, 2), (1, 1), (0, 1)]
     assert found[0]["phrases"] == ["actually", "wait"]
     assert found[1]["length"] < found[2]["length"]  # ties: shorter first
-    assert find_aha(records, patterns=("eureka",)) == []
+    assert find_aha(records, patterns=("eureka",), task=CD) == []
     with pytest.raises(ValueError, match="patterns"):
-        find_aha(records, patterns="wait")
+        find_aha(records, patterns="wait", task=CD)
 
 
 # ------------------------------------------------------------------ the bundled model

@@ -103,6 +103,23 @@ def test_the_cold_start_runs_on_both_ranks_before_grpo(tiny_model_dir, tmp_path)
     assert len(sums) == 2 and sums[0] == sums[1]
 
 
+@pytest.mark.slow  # one launch of two processes on a task from a user's file
+def test_a_task_from_a_users_file_trains_on_both_ranks(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    command = launch_command(tiny_model_dir, out, eval_every=2, reward_weights={"says_colour": 1.0, "brevity": 1.0})
+    done = subprocess.run([*command, "--task", str(ROOT / "tests" / "tiny_task.py")], env=run_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    sums = checksums(done.stdout)
+    assert len(sums) == 2 and sums[0] == sums[1]
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert {r["rank"] for r in rows} == {0, 1} and all(r["card"] < 24 for r in rows)  # the file's training rows
+    assert {"rewards/says_colour/mean", "rewards/brevity/mean"} <= set(json.loads(
+        (out / "metrics.jsonl").read_text().splitlines()[-1]))
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert evals[-1]["eval/num_tasks"] == 4  # eval_tasks of the file's 8 held-out rows
+
+
 @pytest.mark.slow
 def test_a_dead_rank_stops_the_run_instead_of_hanging(tiny_model_dir, tmp_path):
     out = tmp_path / "run"

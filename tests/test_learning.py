@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from grpo_helpers.config import load_config
-from grpo_helpers.data import generate_tiers, train_test_split
+from grpo_helpers.countdown.data import generate_tiers, train_test_split
 from grpo_helpers.sft import run_cold_start
 from grpo_helpers.trainer import GRPOTrainer
 
@@ -31,8 +31,8 @@ def learning_run(output_dir) -> tuple[float, float, dict, GRPOTrainer]:
     config = load_config("cpu", tiers=[TIER], sft_steps=SFT_STEPS, sft_batch_size=8, num_prompts=2, group_size=4,
                          max_new_tokens=48, max_steps=8, eval_every=0, save_every=0, eval_tasks=48, lr=5e-5,
                          dynamic_sampling=2, seed=0, output_dir=str(output_dir))
-    adapter = run_cold_start(config, train_tasks=train)
-    trainer = GRPOTrainer(config.replace(init_adapter=str(adapter)), train_tasks=train, test_tasks=test)
+    adapter = run_cold_start(config, train_dataset=train)
+    trainer = GRPOTrainer(config.replace(init_adapter=str(adapter)), train_dataset=train, eval_dataset=test)
     before = trainer.evaluate()["eval/accuracy"]
     trainer.train()
     final = trainer.evaluate()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from grpo_helpers import monitor
-from grpo_helpers.data import EXAMPLE_ANSWER
+from grpo_helpers.countdown.data import EXAMPLE_ANSWER
+from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.monitor import hack_signals, hack_warning
+
+CD = countdown_task()
 
 TASKS = [
     {"nums": [3, 5, 7], "target": 22},
@@ -23,7 +26,7 @@ def ok(answer: str) -> str:
 
 
 def test_every_completion_copying_the_example():
-    signals = hack_signals([ok(EXAMPLE_ANSWER)] * len(TASKS), TASKS)
+    signals = hack_signals([ok(EXAMPLE_ANSWER)] * len(TASKS), TASKS, task=CD)
     assert set(signals) == set(KEYS)
     assert signals == {"hack/identical_answers": 1.0, "hack/copies_example": 1.0, "hack/uses_numbers": 0.0,
                        "hack/accuracy": 0.0}
@@ -31,13 +34,13 @@ def test_every_completion_copying_the_example():
 
 def test_the_example_is_recognised_whatever_its_spacing():
     completions = [ok("(1+2)/3"), ok(" ( 1 +\n2 ) / 3 "), ok("(1 + 2) * 3"), ok("3 * 5 + 7")]
-    signals = hack_signals(completions, TASKS)
+    signals = hack_signals(completions, TASKS, task=CD)
     assert signals["hack/copies_example"] == 0.5
     assert signals["hack/identical_answers"] == 0.5  # the two spellings of the example, for different tasks
 
 
 def test_distinct_correct_answers():
-    signals = hack_signals([ok(a) for a in CORRECT], TASKS)
+    signals = hack_signals([ok(a) for a in CORRECT], TASKS, task=CD)
     assert signals == {"hack/identical_answers": 0.0, "hack/copies_example": 0.0, "hack/uses_numbers": 1.0,
                        "hack/accuracy": 1.0}
 
@@ -47,18 +50,18 @@ def test_the_same_answer_for_the_same_task_is_not_identical_across_tasks():
     # task's copy), which says nothing about ignoring the task
     tasks = [TASKS[0], {"nums": [7, 3, 5], "target": 22}, TASKS[1], TASKS[1]]
     completions = [ok(CORRECT[0]), ok(CORRECT[0]), ok(CORRECT[1]), ok(CORRECT[1])]
-    signals = hack_signals(completions, tasks)
+    signals = hack_signals(completions, tasks, task=CD)
     assert signals["hack/identical_answers"] == 0.0
     assert signals["hack/accuracy"] == 1.0
     # two tasks with the same numbers (other targets) may rightly share an answer string: not counted
     tasks = [TASKS[0], {"nums": [3, 5, 7], "target": 15}, TASKS[1], TASKS[2]]
-    signals = hack_signals([ok("3 * 5 + 7"), ok("3 * 5 + 7"), ok("10 + 2"), ok("9 * 4 / 2")], tasks)
+    signals = hack_signals([ok("3 * 5 + 7"), ok("3 * 5 + 7"), ok("10 + 2"), ok("9 * 4 / 2")], tasks, task=CD)
     assert signals["hack/identical_answers"] == 0.0
     assert signals["hack/uses_numbers"] == 1.0
     assert signals["hack/accuracy"] == 0.75
     # the same answer text for tasks with other numbers is counted, for both completions
     tasks = [TASKS[0], {"nums": [4, 5, 7], "target": 22}, TASKS[1], TASKS[2]]
-    signals = hack_signals([ok("3 * 5 + 7"), ok("3 * 5 + 7"), ok("10 + 2"), ok("9 * 4 / 2")], tasks)
+    signals = hack_signals([ok("3 * 5 + 7"), ok("3 * 5 + 7"), ok("10 + 2"), ok("9 * 4 / 2")], tasks, task=CD)
     assert signals["hack/identical_answers"] == 0.5
     assert signals["hack/uses_numbers"] == 0.75
 
@@ -66,11 +69,11 @@ def test_the_same_answer_for_the_same_task_is_not_identical_across_tasks():
 def test_partial_shares_and_missing_answers():
     completions = [ok(CORRECT[0]), ok("3 + 5 + 7"), "no answer block at all", ok("")]
     tasks = [TASKS[0], TASKS[0], TASKS[1], TASKS[2]]
-    signals = hack_signals(completions, tasks)
+    signals = hack_signals(completions, tasks, task=CD)
     assert signals == {"hack/identical_answers": 0.0, "hack/copies_example": 0.0, "hack/uses_numbers": 0.25 + 0.25,
                        "hack/accuracy": 0.25}
     # empty answers for different tasks are not "identical answers": there is no answer
-    assert hack_signals([ok("")] * 2 + ["junk"] * 2, TASKS)["hack/identical_answers"] == 0.0
+    assert hack_signals([ok("")] * 2 + ["junk"] * 2, TASKS, task=CD)["hack/identical_answers"] == 0.0
 
 
 @pytest.mark.parametrize("completions,tasks", [
@@ -80,7 +83,7 @@ def test_partial_shares_and_missing_answers():
 ])
 def test_bad_input_raises(completions, tasks):
     with pytest.raises(ValueError):
-        hack_signals(completions, tasks)
+        hack_signals(completions, tasks, task=CD)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,7 +109,8 @@ def test_warning_names_every_piece_of_evidence():
     warning = hack_warning(history(20, reward=(0.0, 0.6), identical=0.8, example=0.7, uses_numbers=0.05,
                                    accuracy=0.0))
     assert warning is not None
-    assert "identical" in warning and EXAMPLE_ANSWER in warning and "only 5% of answers use" in warning
+    assert "identical" in warning and "70% of answers copy the prompt's example" in warning
+    assert "only 5% of answers use" in warning
     assert "training accuracy 0%" in warning
 
 

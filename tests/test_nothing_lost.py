@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from grpo_helpers import rewards
+from grpo_helpers.countdown import rewards
 from grpo_helpers.checkpoint import list_checkpoints
 from grpo_helpers.config import ConfigError, load_config
-from grpo_helpers.data import count_solutions, dataset_stats, generate_countdown, load_countdown, solve
+from grpo_helpers.countdown.data import count_solutions, dataset_stats, generate_countdown, load_countdown, solve
 from grpo_helpers.inference import load_policy
-from grpo_helpers.rewards import RewardError, score_completions
+from grpo_helpers.countdown.rewards import score_completions
+from grpo_helpers.scoring import RewardError
 from grpo_helpers.run_folder import LOCK_FILE, RunFolderError, RunLock, json_line
 from grpo_helpers.run_notebooks import main as run_notebooks_main
 from grpo_helpers.trainer import Callback, GRPOTrainer
@@ -34,7 +35,7 @@ def trainer_for(tokenizer, output_dir, **overrides) -> GRPOTrainer:
                   dynamic_sampling=0, curriculum="uniform", reward_weights={"length": 1.0, "format": 1.0},
                   output_dir=str(output_dir))
     values.update(overrides)
-    return GRPOTrainer(load_config("cpu", **values), train_tasks=TASKS[:32], test_tasks=TASKS[32:],
+    return GRPOTrainer(load_config("cpu", **values), train_dataset=TASKS[:32], eval_dataset=TASKS[32:],
                        model=tiny_lora(tokenizer), tokenizer=tokenizer)
 
 
@@ -290,12 +291,12 @@ def test_too_many_numbers_is_an_error_not_a_hang(call):
 
 
 def test_the_runner_refuses_a_parameter_no_chapter_declares(tmp_path):
-    smoke = ROOT / "params" / "smoke.yaml"
+    smoke = ROOT / "params" / "smoke"
     with pytest.raises(SystemExit, match=r"unknown parameter 'group_sise' \(-p\): no chapter declares it; did you "
                                          r"mean 'group_size'\?"):
         run_notebooks_main(["--params", str(smoke), "-p", "group_sise", "4", "--only", "01"])
     typo = tmp_path / "typo.yaml"
-    typo.write_text(smoke.read_text() + "max_step: 3\n")
+    typo.write_text("seed: 7\nmax_step: 3\n")
     with pytest.raises(SystemExit, match=r"unknown parameter 'max_step' \(.*typo\.yaml\).*'max_steps'"):
         run_notebooks_main(["--params", str(typo), "--only", "01", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()  # refused before anything ran

@@ -162,7 +162,7 @@ def test_the_new_choices_are_validated():
 
 
 def test_overlong_penalty_is_daposs_soft_punishment():
-    from grpo_helpers.rewards import overlong_penalty_reward, score_completions
+    from grpo_helpers.countdown.rewards import overlong_penalty_reward, score_completions
 
     lengths = [10, 80, 81, 90, 99, 100]
     got = overlong_penalty_reward(["x"] * 6, completion_lengths=lengths, max_completion_length=100)  # buffer 20
@@ -171,14 +171,14 @@ def test_overlong_penalty_is_daposs_soft_punishment():
                                weights={"equation": 1.0, "overlong_penalty": 1.0}, completion_lengths=[5, 100],
                                max_completion_length=100)
     assert scored.total == pytest.approx([1.0, 0.0])
-    from grpo_helpers.rewards import RewardError
+    from grpo_helpers.scoring import RewardError
 
     with pytest.raises(RewardError, match="needs completion_lengths"):
         score_completions(["x"], nums=[[1]], target=[1], weights={"overlong_penalty": 1.0})
 
 
 def test_a_reward_function_without_kwargs_still_works_when_lengths_are_passed(monkeypatch):
-    from grpo_helpers import rewards
+    from grpo_helpers.countdown import rewards
 
     monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "plain", lambda completions, nums, target: [1.0] * len(completions))
     scored = rewards.score_completions(["a", "b"], nums=[[1], [1]], target=[1, 1], weights={"plain": 1.0},
@@ -194,7 +194,7 @@ def trainer_for(tokenizer, tmp_path, **overrides):
     from test_trainer import TASKS, small_config
     from tiny import tiny_lora
 
-    return GRPOTrainer(small_config(tmp_path, **overrides), train_tasks=TASKS[:32], test_tasks=TASKS[32:],
+    return GRPOTrainer(small_config(tmp_path, **overrides), train_dataset=TASKS[:32], eval_dataset=TASKS[32:],
                        model=tiny_lora(tokenizer), tokenizer=tokenizer)
 
 

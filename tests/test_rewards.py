@@ -5,10 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpo_helpers.config import load_config
-from grpo_helpers.rewards import (
-    GROUNDED_WEIGHTS, MAX_EXPRESSION_CHARS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, SPARSE_WEIGHTS, RewardBreakdown,
-    evaluate_expression, expression_numbers, extract_answer, format_reward, score_completions, zero_std_fraction,
+from grpo_helpers.countdown.rewards import (
+    GROUNDED_WEIGHTS, MAX_EXPRESSION_CHARS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, SPARSE_WEIGHTS,
+    evaluate_expression, expression_numbers, extract_answer, format_reward, score_completions,
 )
+from grpo_helpers.scoring import RewardBreakdown, zero_std_fraction
 
 NAMES = ("think_closed", "answer_block", "format", "uses_numbers", "equation")  # the table below; see also
 # tests/test_hack_proof_rewards.py for grounded_format and closeness

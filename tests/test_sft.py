@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from grpo_helpers.config import load_config
-from grpo_helpers.data import generate_tiers, render_prompts, tokenize_prompts
+from grpo_helpers.countdown.data import generate_tiers, render_prompts
+from grpo_helpers.countdown.task import countdown_task
+from grpo_helpers.task import tokenize_prompts
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.rollout import generate_groups, select_groups
 from grpo_helpers.sft import ColdStart, balanced_sample, sft_loss, trace_batch
@@ -28,7 +30,7 @@ def sft_config(tmp_path, **overrides):
 def test_trace_batch_targets_exactly_the_completion_and_eos(tokenizer):
     rows = [{**TASKS[0], "completion": " 4 + 3 = 7. Found it.\n</think>\n<answer>3 + 4</answer>"},
             {**TASKS[70], "completion": " x"}]
-    ids, mask, completion_mask = trace_batch(tokenizer, rows)
+    ids, mask, completion_mask = trace_batch(tokenizer, rows, task=countdown_task())
     C = completion_mask.shape[1]
     prompts = tokenize_prompts(tokenizer, render_prompts(tokenizer, rows))
     assert torch.equal(ids[:, :-C], prompts["input_ids"]) and torch.equal(mask[:, :-C], prompts["attention_mask"])
@@ -42,7 +44,7 @@ def test_trace_batch_targets_exactly_the_completion_and_eos(tokenizer):
 def test_sft_loss_is_the_mean_nll_of_completion_tokens(tokenizer):
     model = tiny_lora(tokenizer)
     rows = [{**t, "completion": f" try.\n</think>\n<answer>{t['solution']}</answer>"} for t in TASKS[:3]]
-    ids, mask, completion_mask = trace_batch(tokenizer, rows)
+    ids, mask, completion_mask = trace_batch(tokenizer, rows, task=countdown_task())
     logps = completion_logprobs(model, ids, mask, completion_mask.shape[1])
     expected = -(logps * completion_mask).sum() / completion_mask.sum()
     assert sft_loss(model, ids, mask, completion_mask).item() == pytest.approx(expected.item(), rel=1e-6)
@@ -64,7 +66,7 @@ def test_cold_start_learns_its_traces_logs_and_resumes_exactly(tokenizer, tmp_pa
             if metrics["step"] == stop_at:  # after the step-4 checkpoint, before step 5's
                 raise Interrupted
 
-        trainer = ColdStart(sft_config(folder, sft_steps=6, resume=resume), train_tasks=TASKS,
+        trainer = ColdStart(sft_config(folder, sft_steps=6, resume=resume), train_dataset=TASKS,
                             model=tiny_lora(tokenizer), tokenizer=tokenizer, callbacks=[crash])
         try:
             trainer.train()
@@ -91,7 +93,7 @@ def test_cold_start_learns_its_traces_logs_and_resumes_exactly(tokenizer, tmp_pa
 
 
 def test_grpo_starts_from_the_cold_start_adapter(tokenizer, tmp_path):
-    cold = ColdStart(sft_config(tmp_path), train_tasks=TASKS, model=tiny_lora(tokenizer), tokenizer=tokenizer)
+    cold = ColdStart(sft_config(tmp_path), train_dataset=TASKS, model=tiny_lora(tokenizer), tokenizer=tokenizer)
     adapter = cold.train()
     from grpo_helpers.models import DEFAULT_LORA_TARGETS, start_from_adapter
 
@@ -133,7 +135,7 @@ def test_dynamic_sampling_swaps_groups_without_signal_and_logs_it(tokenizer, tmp
         config = load_config("cpu", num_prompts=2, group_size=2, max_new_tokens=4, max_steps=1, eval_every=0,
                              save_every=0, dynamic_sampling=dynamic, beta=0.0,
                              reward_weights={"equation": 1.0}, output_dir=str(tmp_path / str(dynamic)))
-        return GRPOTrainer(config, train_tasks=TASKS[:60], test_tasks=TASKS[60:70], model=tiny_lora(tokenizer),
+        return GRPOTrainer(config, train_dataset=TASKS[:60], eval_dataset=TASKS[60:70], model=tiny_lora(tokenizer),
                            tokenizer=tokenizer)
 
     plain = trainer(0)

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from grpo_helpers import data
+from grpo_helpers.countdown import data
 from grpo_helpers.config import ConfigError, DataConfig, RolloutConfig, load_config
-from grpo_helpers.data import (PromptSampler, TierSampler, count_solutions, generate_tiers, make_sampler, parse_tier,
-                               task_key)
-from grpo_helpers.rewards import evaluate_expression, expression_numbers
+from grpo_helpers.countdown.data import count_solutions, generate_tiers, parse_tier, task_key
+from grpo_helpers.samplers import PromptSampler, TierSampler, make_sampler
+from grpo_helpers.countdown.rewards import evaluate_expression, expression_numbers
 
 SAMPLER_TIERS = ["2x10", "2x20", "3x20"]
 

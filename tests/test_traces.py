@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from grpo_helpers import data
-from grpo_helpers.rewards import equation_reward, evaluate_expression, format_reward
-from grpo_helpers.traces import make_trace, make_traces
+from grpo_helpers.countdown import data
+from grpo_helpers.countdown.rewards import equation_reward, evaluate_expression, format_reward
+from grpo_helpers.countdown.traces import make_trace, make_traces
 
 TIERS = ("2x20", "3x20", "3x99", "4x99")
 STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+), then ((?:\d+ )*\d+)(: no)?\.$")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from grpo_helpers.config import ConfigError, load_config
-from grpo_helpers.data import generate_countdown
+from grpo_helpers.countdown.data import generate_countdown
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.trainer import GRPOTrainer, list_checkpoints
 from tiny import tiny_llama, tiny_lora
@@ -37,7 +37,7 @@ def small_config(output_dir, reward="length", **overrides):
 
 
 def make_trainer(tokenizer, output_dir, **overrides):
-    return GRPOTrainer(small_config(output_dir, **overrides), train_tasks=TASKS[:32], test_tasks=TASKS[32:],
+    return GRPOTrainer(small_config(output_dir, **overrides), train_dataset=TASKS[:32], eval_dataset=TASKS[32:],
                        model=tiny_lora(tokenizer), tokenizer=tokenizer)
 
 
@@ -102,8 +102,8 @@ def test_a_token_budget_stops_the_run_after_the_step_that_spends_it(tokenizer, l
 
     one_step = 2 * 3 * 8  # prompts x G x max_new_tokens: no step generates more
     budget = TokenBudget(one_step + 1)  # more than one step can spend
-    trainer = GRPOTrainer(small_config(tmp_path, max_steps=8, save_every=0), train_tasks=TASKS[:32],
-                          test_tasks=TASKS[32:], model=tiny_lora(tokenizer), tokenizer=tokenizer, callbacks=[budget])
+    trainer = GRPOTrainer(small_config(tmp_path, max_steps=8, save_every=0), train_dataset=TASKS[:32],
+                          eval_dataset=TASKS[32:], model=tiny_lora(tokenizer), tokenizer=tokenizer, callbacks=[budget])
     history = trainer.train()
     spent = [row["generated_tokens"] for row in history]
     assert 2 <= len(history) < 8 and sum(spent[:-1]) < one_step + 1 <= sum(spent) == budget.spent
@@ -115,9 +115,9 @@ def test_a_token_budget_stops_the_run_after_the_step_that_spends_it(tokenizer, l
 RUN_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from grpo_helpers import rewards
+    from grpo_helpers.countdown import rewards
     from grpo_helpers.config import load_config
-    from grpo_helpers.data import generate_countdown
+    from grpo_helpers.countdown.data import generate_countdown
     from grpo_helpers.models import load_tokenizer
     from grpo_helpers.trainer import Callback, GRPOTrainer
     from tiny import length_reward, tiny_lora
@@ -136,7 +136,7 @@ RUN_SCRIPT = textwrap.dedent("""
                          max_new_tokens=8, beta=0.04, lr=1e-2, save_every=2, eval_every=2, deterministic=True,
                          reward_weights={{"length": 1.0, "format": 1.0}}, output_dir=sys.argv[1],
                          resume=sys.argv[3] == "resume")
-    GRPOTrainer(config, train_tasks=tasks[:32], test_tasks=tasks[32:], model=tiny_lora(tokenizer),
+    GRPOTrainer(config, train_dataset=tasks[:32], eval_dataset=tasks[32:], model=tiny_lora(tokenizer),
                 tokenizer=tokenizer, callbacks=[KillAfterCheckpoint()]).train()
 """)
 
@@ -271,15 +271,15 @@ def test_dapo_normaliser_divides_the_window_exactly_over_processes(tokenizer, le
 
 def test_the_run_records_the_split_it_actually_used(tokenizer, length_reward, tmp_path):
     """The config says num_tasks=40 here, but 32 + 8 tasks were passed in: data_split.json says what was used."""
-    from grpo_helpers.data import split_record
+    from grpo_helpers.task import split_digest
 
     trainer = make_trainer(tokenizer, tmp_path, max_steps=1, num_tasks=2000, test_size=100)
     trainer.train()
-    expected = split_record(TASKS[:32], TASKS[32:])
+    expected = split_digest(TASKS[:32], TASKS[32:])
     assert expected["train_tasks"] == 32 and expected["test_tasks"] == 8
     for folder in (tmp_path, tmp_path / "checkpoints" / "step-000001"):
         assert json.loads((folder / "data_split.json").read_text()) == expected
-    assert split_record(TASKS[:31], TASKS[31:])["sha256"] != expected["sha256"]
+    assert split_digest(TASKS[:31], TASKS[31:])["sha256"] != expected["sha256"]
 
 
 @pytest.mark.parametrize("accum,iterations", [(2, 1), (1, 2), (2, 2)])

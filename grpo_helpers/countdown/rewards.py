@@ -1,4 +1,4 @@
-"""Verifiable rewards for Countdown: a format check, an exact equation check, and shaped partial credit.
+"""Countdown's verifiable rewards: a format check, an exact equation check, and shaped partial credit.
 
 A completion is the text the model wrote after the prefilled "<think>". It is untrusted: it can hold anything,
 so nothing here calls eval/exec, every check runs in time linear in the completion (plain `str.find`/`count`, no
@@ -11,21 +11,15 @@ per-completion lists (`nums=[[..], ..]`, `target=[..]`) and unknown kwargs (`pro
 from __future__ import annotations
 
 import ast
-import inspect
-import math
-import numbers
 import operator
 import re
-import signal
-import threading
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
+from grpo_helpers.scoring import RewardBreakdown, score_with
+from grpo_helpers.task import ANSWER_CLOSE, ANSWER_OPEN, extract_answer
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 # Bounds of the verifier, checked before parsing (length, characters, paren depth, literal size) and while
 # walking the tree (node count, depth, size of intermediate values). A Countdown answer with six numbers is
@@ -118,17 +112,6 @@ def evaluate_expression(text: str) -> Fraction | None:
         return _value(parsed[0])
     except (ZeroDivisionError, _Rejected):
         return None
-
-
-def extract_answer(completion: str) -> str | None:
-    """Content of the last `<answer>...</answer>` block (the last close tag and the nearest open tag before it)."""
-    close = completion.rfind(ANSWER_CLOSE)
-    if close < 0:
-        return None
-    open_ = completion.rfind(ANSWER_OPEN, 0, close)
-    if open_ < 0:
-        return None
-    return completion[open_ + len(ANSWER_OPEN):close].strip()
 
 
 def _is_formatted(completion: str) -> bool:
@@ -290,118 +273,9 @@ SHAPED_WEIGHTS = {"think_closed": 0.25, "answer_block": 0.25, "format": 0.5, "us
 GROUNDED_WEIGHTS = {"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0}
 
 
-@dataclass
-class RewardBreakdown:
-    total: list[float]  # (N,) weighted sum per completion
-    per_function: dict[str, list[float]]  # name -> (N,) unweighted reward of each function
-    seconds: dict[str, float] = field(default_factory=dict)  # name -> time the function took on this batch
-
-
-class RewardError(RuntimeError):
-    """A reward function failed or returned something other than one finite number per completion. Reward
-    functions may be the user's own code: the message names the function, the step and what was wrong."""
-
-
-@contextmanager
-def _time_limit(seconds: float | None, name: str, where: str):
-    """Interrupt a reward function that runs past `seconds` (SIGALRM: the main thread on Unix). Elsewhere the
-    limit is checked when the function returns."""
-    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise RewardError(f"reward function {name!r} ran past reward_time_limit={seconds} s{where}: make it "
-                          f"faster, or raise the limit")
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _checked(name: str, scores: Any, n: int, where: str) -> list[float]:
-    """One finite number per completion, as floats; anything else is a RewardError naming what is wrong."""
-    try:
-        values = list(scores)
-    except TypeError:
-        raise RewardError(f"reward function {name!r} returned {type(scores).__name__} {scores!r}{where}: return a "
-                          f"list with one number per completion") from None
-    if len(values) != n:
-        raise RewardError(f"reward function {name!r} returned {len(values)} scores for {n} completions{where}: "
-                          f"return exactly one number per completion")
-    for i, value in enumerate(values):
-        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise RewardError(f"reward function {name!r} returned {value!r} ({type(value).__name__}) for completion "
-                              f"{i}{where}: every score must be a number")
-        if not math.isfinite(value):
-            raise RewardError(f"reward function {name!r} returned {value} for completion {i}{where}: every score "
-                              f"must be finite")
-        values[i] = float(value)
-    return values
-
-
-def _accepted(function: Callable[..., Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The extra keyword arguments the function can take: all of them with **kwargs, else those it names (a user's
-    `f(completions, nums, target)` written before lengths were passed keeps working)."""
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return extra
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return extra
-    return {key: value for key, value in extra.items() if key in parameters}
-
-
-def call_reward(name: str, completions: list[str], *, nums: list[list[int]], target: list[int],
-                step: int | None = None, time_limit: float | None = None, **extra: Any) -> tuple[list[float], float]:
-    """Run one registered reward function on a batch, checked: (scores, seconds it took). `extra` (e.g. the
-    completions' token lengths) reaches the function as keyword arguments, as TRL passes them."""
-    where = "" if step is None else f" at step {step}"
-    start = time.perf_counter()
-    try:
-        with _time_limit(time_limit, name, where):
-            scores = REWARD_FUNCTIONS[name](completions, nums=nums, target=target, **_accepted(REWARD_FUNCTIONS[name], extra))
-    except RewardError:
-        raise
-    except Exception as error:
-        raise RewardError(f"reward function {name!r} raised {type(error).__name__}: {error}{where}") from error
-    seconds = time.perf_counter() - start
-    if time_limit and seconds > time_limit:
-        raise RewardError(f"reward function {name!r} took {seconds:.1f} s, past reward_time_limit={time_limit} s"
-                          f"{where}: make it faster, or raise the limit")
-    return _checked(name, scores, len(completions), where), seconds
-
-
 def score_completions(completions: list[str], *, nums: list[list[int]], target: list[int],
                       weights: dict[str, float], step: int | None = None,
                       time_limit: float | None = None, **extra: Any) -> RewardBreakdown:
-    """Every weighted reward function on a batch (each output checked), plus the weighted total (what GRPO turns
-    into advantages) and the time each function took."""
-    if not weights:
-        raise ValueError(f"weights is empty: name at least one of {', '.join(map(repr, REWARD_FUNCTIONS))}")
-    for name, weight in weights.items():
-        if name not in REWARD_FUNCTIONS:
-            raise ValueError(f"unknown reward function {name!r}: choose from {', '.join(map(repr, REWARD_FUNCTIONS))}")
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-            raise ValueError(f"weight of {name!r} is {weight!r}: it must be a number")
-    per_function, seconds = {}, {}
-    for name in weights:
-        per_function[name], seconds[name] = call_reward(name, completions, nums=nums, target=target, step=step,
-                                                        time_limit=time_limit, **extra)
-    total = [sum(weights[name] * per_function[name][i] for name in weights) for i in range(len(completions))]
-    return RewardBreakdown(total=total, per_function=per_function, seconds=seconds)
-
-
-def zero_std_fraction(totals: Sequence[float], group_size: int) -> float:
-    """Share of groups whose rewards are all equal: their advantages are all zero, so GRPO learns nothing there."""
-    if not isinstance(group_size, int) or group_size < 1 or len(totals) == 0 or len(totals) % group_size:
-        raise ValueError(f"group_size={group_size!r} must be a positive integer dividing the number of "
-                         f"rewards ({len(totals)}, which must be > 0)")
-    groups = [totals[i:i + group_size] for i in range(0, len(totals), group_size)]
-    return sum(max(g) - min(g) <= 1e-9 for g in groups) / len(groups)
+    """Countdown's reward functions on a batch (chapter 02): `scoring.score_with` over `REWARD_FUNCTIONS`."""
+    return score_with(REWARD_FUNCTIONS, completions, weights=weights, step=step, time_limit=time_limit,
+                      nums=nums, target=target, **extra)
