@@ -90,8 +90,8 @@ def _accepted(function: Callable[..., Any], extra: dict[str, Any]) -> dict[str, 
     return {key: value for key, value in extra.items() if key in parameters}
 
 
-def call_reward(name: str, function: RewardFunction, completions: list[str], *, step: int | None = None,
-                time_limit: float | None = None, **columns: Any) -> tuple[list[float], float]:
+def call_reward(name: str, function: RewardFunction, completions: list[str], *, columns: dict[str, Any],
+                step: int | None = None, time_limit: float | None = None) -> tuple[list[float], float]:
     """Run one reward function on a batch, checked: (scores, seconds it took). `columns` (the dataset's columns, the
     prompts, the completions' token lengths) reach the function as keyword arguments, as TRL passes them."""
     where = "" if step is None else f" at step {step}"
@@ -111,9 +111,10 @@ def call_reward(name: str, function: RewardFunction, completions: list[str], *, 
 
 
 def score_with(functions: dict[str, RewardFunction], completions: list[str], *, weights: dict[str, float],
-               step: int | None = None, time_limit: float | None = None, **columns: Any) -> RewardBreakdown:
+               columns: dict[str, Any], step: int | None = None, time_limit: float | None = None) -> RewardBreakdown:
     """Every weighted reward function (by name, from `functions`) on a batch, each output checked, plus the
-    weighted total (what GRPO turns into advantages) and the time each function took."""
+    weighted total (what GRPO turns into advantages) and the time each function took. `columns` reach each
+    function as keyword arguments (a dataset may have a column named like any argument here, `step` included)."""
     if not weights:
         raise ValueError(f"weights is empty: name at least one of {', '.join(map(repr, functions))}")
     for name, weight in weights.items():
@@ -123,8 +124,8 @@ def score_with(functions: dict[str, RewardFunction], completions: list[str], *, 
             raise ValueError(f"weight of {name!r} is {weight!r}: it must be a number")
     per_function, seconds = {}, {}
     for name in weights:
-        per_function[name], seconds[name] = call_reward(name, functions[name], completions, step=step,
-                                                        time_limit=time_limit, **columns)
+        per_function[name], seconds[name] = call_reward(name, functions[name], completions, columns=columns,
+                                                        step=step, time_limit=time_limit)
     total = [sum(weights[name] * per_function[name][i] for name in weights) for i in range(len(completions))]
     return RewardBreakdown(total=total, per_function=per_function, seconds=seconds)
 

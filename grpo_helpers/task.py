@@ -126,7 +126,7 @@ class Task:
               **extra: Any) -> RewardBreakdown:
         """The weighted reward functions on completions; completion i answers rows[i // repeat]."""
         return score_with(self.reward_funcs, completions, weights=self.reward_weights if weights is None else weights,
-                          step=step, time_limit=time_limit, **self.columns(rows, repeat=repeat), **extra)
+                          columns={**self.columns(rows, repeat=repeat), **extra}, step=step, time_limit=time_limit)
 
     def columns(self, rows: Sequence[dict], *, repeat: int = 1) -> dict[str, list]:
         """Every column but `prompt`, one entry per completion (each row's value `repeat` times), and `prompts`."""

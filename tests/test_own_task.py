@@ -128,3 +128,17 @@ def test_a_task_needs_its_rows_and_a_judge_it_has(tmp_path):
                     tokenizer=None)
     with pytest.raises(ValueError, match="correct_reward='exact' is not allowed: one of the task's reward functions"):
         Task(reward_funcs=[says_colour], correct_reward="exact")
+
+
+def test_a_column_named_like_a_scoring_argument_still_reaches_the_reward():
+    """Columns travel as their own mapping: a dataset's `step` (or `weights`) column cannot collide with the
+    arguments of the scoring code."""
+    seen = {}
+
+    def judge(completions, step, weights, **kwargs):
+        seen.update(step=step, weights=weights)
+        return [1.0] * len(completions)
+
+    scores = Task(reward_funcs=[judge]).score(["a", "b"], [{"prompt": "p", "step": 7, "weights": "w"}], repeat=2,
+                                              step=3)
+    assert scores.total == [1.0, 1.0] and seen == {"step": [7, 7], "weights": ["w", "w"]}

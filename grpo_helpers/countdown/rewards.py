@@ -278,4 +278,4 @@ def score_completions(completions: list[str], *, nums: list[list[int]], target: 
                       time_limit: float | None = None, **extra: Any) -> RewardBreakdown:
     """Countdown's reward functions on a batch (chapter 02): `scoring.score_with` over `REWARD_FUNCTIONS`."""
     return score_with(REWARD_FUNCTIONS, completions, weights=weights, step=step, time_limit=time_limit,
-                      nums=nums, target=target, **extra)
+                      columns={"nums": nums, "target": target, **extra})
