@@ -2,13 +2,15 @@
 
 A checkpoint is a folder `checkpoints/step-NNNNNN/` written under a temporary name and renamed when complete, so
 a kill mid-write leaves the previous one intact. Its `manifest.json`, written last, lists every file with its
-size: a checkpoint counts only when every file is there at that size, so a file truncated or deleted later (a full
-disk, a copy cut short) makes resume fall back to the newest checkpoint that is still whole, and say why. Both
-loops (the cold start's SFT and GRPO) use these helpers.
+size and sha256: a checkpoint counts only when every file is there at that size, so a file truncated or deleted
+later (a full disk, a copy cut short) makes resume fall back to the newest checkpoint that is still whole, and say
+why; resume also checks the checksums, so bytes overwritten at the same size (which would load silently and crash
+later) are caught the same way. Both loops (the cold start's SFT and GRPO) use these helpers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -61,19 +63,36 @@ def _step_folders(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+def _sha256(path: Path) -> str:
+    """The file's sha256, read in blocks (a full model's weights need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write_manifest(folder: Path) -> None:
-    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
-    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    manifest = {"files": {str(p.relative_to(folder)): p.stat().st_size for p in paths},
+                "sha256": {str(p.relative_to(folder)): _sha256(p) for p in paths}}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
 
-def checkpoint_problem(folder: str | Path) -> str | None:
-    """Why the checkpoint folder is not whole (a missing or short file, no manifest), or None when it is."""
+def checkpoint_problem(folder: str | Path, *, verify_checksums: bool = False) -> str | None:
+    """Why the checkpoint folder is not whole (a missing or short file, no manifest), or None when it is.
+    verify_checksums also reads every file against its sha256 in the manifest, which catches bytes overwritten at
+    the same size; it costs a full read, so only resume asks for it. A manifest written before checksums were
+    kept has sizes only, and is checked by size."""
     folder = Path(folder)
     try:
-        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        files, checksums = manifest["files"], manifest.get("sha256", {})
     except FileNotFoundError:
         return f"no {MANIFEST_FILE} (the write did not finish)"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    if not isinstance(files, dict) or not isinstance(checksums, dict):
         return f"{MANIFEST_FILE} is unreadable"
     for name, size in files.items():
         path = folder / name
@@ -83,18 +102,23 @@ def checkpoint_problem(folder: str | Path) -> str | None:
             return f"{name} is {path.stat().st_size} bytes, {size} were written"
     if STATE_FILE not in files:
         return f"no {STATE_FILE}"
+    if verify_checksums:
+        for name, expected in checksums.items():
+            if name in files and _sha256(folder / name) != expected:
+                return f"{name} does not match the sha256 in {MANIFEST_FILE} (its bytes changed after it was written)"
     return None
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Whole checkpoints (see `checkpoint_problem`), oldest first."""
+    """Whole checkpoints by their manifest's sizes (see `checkpoint_problem`), oldest first."""
     return [p for p in _step_folders(output_dir) if checkpoint_problem(p) is None]
 
 
 def newest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest whole checkpoint; each newer one that is not whole is skipped with a warning saying why."""
+    """The newest whole checkpoint, sizes and checksums verified; each newer one that is not whole is skipped with
+    a warning saying why."""
     for path in reversed(_step_folders(output_dir)):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, verify_checksums=True)
         if problem is None:
             return path
         warnings.warn(f"skipping checkpoint {path}: {problem}", stacklevel=2)

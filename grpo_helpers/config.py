@@ -17,6 +17,7 @@ import yaml
 
 from grpo_helpers.checks import require_choice, require_int
 from grpo_helpers.errors import UsageError
+from grpo_helpers.yaml_values import load_yaml
 
 
 class ConfigError(UsageError, ValueError):
@@ -436,7 +437,7 @@ def load_config(preset_or_path: str = "cpu", **overrides: Any) -> GRPOConfig:
         if not path.is_file():
             raise ConfigError(f"config {preset_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
         try:
-            base = yaml.safe_load(path.read_text())
+            base = load_yaml(path.read_text())  # `lr: 1e-5` is a number, as typed
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if base is None:

@@ -2,7 +2,8 @@
 
 Each rule looks at the step metrics the trainer logs (metrics.jsonl; TRL's names where they exist) and fires only on
 a pattern that means trouble, never on one step's noise: most look at a window of recent steps. Rules that need a
-metric the run did not log (KL when beta = 0) stay silent. `diagnose` works on a live history (the `Doctor`
+metric the run did not log (KL when beta = 0) stay silent. A history shorter than the window gets the note "too
+short to judge", not a clean bill: silence there means nothing. `diagnose` works on a live history (the `Doctor`
 callback runs it after every step, the live dashboard shows its verdict, and `train()` prints it at the end) and
 `diagnose_run` on a finished run folder.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -21,6 +23,8 @@ from grpo_helpers.monitor import hack_warning
 from grpo_helpers.run_folder import read_json_lines
 
 WINDOW = 5  # recent steps a rule averages over
+TOO_SHORT = "too_short"  # the note on a history shorter than WINDOW
+GRAD_GROWTH, GRAD_FLOOR, GRAD_CEILING = 10.0, 10.0, 1000.0  # the exploding-gradients rule's bounds (see the rule)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,14 @@ def _recent_mean_above(history, key: str, window: int, threshold: float) -> floa
     return share if len(history) >= window and share is not None and share >= threshold else None
 
 
+def _first_and_last(rows: list[dict[str, Any]], window: int) -> tuple[list, list] | None:
+    """The first and last k rows, for a rule that compares a run's end with its start: k = window, or half the run
+    when it is shorter (a blow-up is over within a few steps), but at least 2 each (1 when window = 1): one step's
+    noise decides nothing. None when the run is too short for that."""
+    k = min(window, len(rows) // 2)
+    return (rows[:k], rows[-k:]) if k >= min(2, window) else None
+
+
 def _no_signal(history, window) -> Finding | None:
     share = _recent_mean_above(history, "frac_reward_zero_std", window, 0.9)
     if share is None:
@@ -73,16 +85,49 @@ def _truncated(history, window) -> Finding | None:
 
 
 def _entropy_collapse(history, window) -> Finding | None:
-    rows = [row for row in history if isinstance(row.get("entropy"), (int, float))]
-    if len(rows) < 2 * window:
+    """Entropy below a quarter of its start and below 0.2: a collapse, not the slow decline of a run that
+    learns. Judged from 4 steps on (halves of the run), since a blow-up (lr far too large) collapses it in a few."""
+    ends = _first_and_last([row for row in history if isinstance(row.get("entropy"), (int, float))], window)
+    if ends is None:
         return None
-    first, last = _mean(rows[:window], "entropy"), _mean(rows[-window:], "entropy")
+    first, last, k = _mean(ends[0], "entropy"), _mean(ends[1], "entropy"), len(ends[1])
     if not (first > 0 and last < 0.25 * first and last < 0.2):
         return None
     return Finding("entropy_collapse", "problem", "The policy's entropy collapsed: it samples nearly the same tokens "
                    "every time, so groups stop differing and exploration ends.",
-                   f"entropy {first:.3f} (first {window} steps) -> {last:.3f} (last {window})",
+                   f"entropy {first:.3f} (first {k} steps) -> {last:.3f} (last {k})",
                    "a higher temperature, a lower lr, clip_eps_high = 0.28 (DAPO's clip-higher), or beta > 0")
+
+
+def _size(value: float) -> str:
+    """122,542 rather than 1.23e+05; 0.412 rather than 0."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _exploding_gradients(history, window) -> Finding | None:
+    """Gradient norms that grew many-fold, or that no healthy run has.
+
+    grad_norm is logged before clipping. Clipping caps each update, so a norm that keeps growing means every update
+    lands where the loss is steeper still: the lr is too large, the log-probs saturate and the text degenerates (an
+    lr = 1.0 run went from about 1 to 122,542 in 6 steps while its entropy fell to 0). Fires when the median of the
+    last k steps is GRAD_GROWTH (10) times the first k steps' and at least GRAD_FLOOR (10, ten times the recipes'
+    max_grad_norm): a run whose groups first carry almost no signal starts near 0, and growing from there to
+    ordinary sizes is no blow-up. Or when that median reaches GRAD_CEILING (1,000), whatever the start: a thousand
+    times the clip threshold is not a healthy size. Medians, so one spiky step does not fire it."""
+    ends = _first_and_last([row for row in history if isinstance(row.get("grad_norm"), (int, float))], window)
+    if ends is None:
+        return None
+    first, last = (median(row["grad_norm"] for row in rows) for rows in ends)
+    grew = last >= GRAD_GROWTH * first and last >= GRAD_FLOOR
+    if not (grew or last >= GRAD_CEILING):
+        return None
+    k, peak = len(ends[1]), max(ends[1], key=lambda row: row["grad_norm"])
+    return Finding("exploding_gradients", "problem", "The gradient norm exploded: the updates are too large for "
+                   "this model, and the policy is being pushed into degenerate text.",
+                   f"median grad_norm {_size(first)} (first {k} steps) -> {_size(last)} (last {k}), "
+                   f"{_size(peak['grad_norm'])} at step {peak.get('step')}",
+                   "a new run with a lower lr (10x lower is a fair first try) and clipping on (max_grad_norm = 1): "
+                   "this run's weights are already damaged")
 
 
 def _kl_or_clipping(history, window) -> Finding | None:
@@ -150,6 +195,17 @@ def _throughput(history, window) -> Finding | None:
                    "grew long (completions/mean_length)")
 
 
+def _too_short(history, window) -> Finding | None:
+    if len(history) >= window:
+        return None
+    return Finding(TOO_SHORT, "note", "Too short to judge: most rules average over several steps, so that one "
+                   "step's noise decides nothing, and this run has fewer. Their silence does not mean that nothing "
+                   "is wrong.",
+                   f"{len(history)} step(s) logged; most rules need {window}",
+                   f"train at least {window} steps, or read the first steps' reward, frac_reward_zero_std and "
+                   f"completions/clipped_ratio yourself (metrics.jsonl)")
+
+
 def diagnose(history: list[dict[str, Any]], *, completions: list[dict[str, Any]] | None = None,
              window: int = WINDOW) -> list[Finding]:
     """Every rule's finding on a run's step metrics (oldest first); `completions` (rows of completions.jsonl) lets
@@ -157,8 +213,9 @@ def diagnose(history: list[dict[str, Any]], *, completions: list[dict[str, Any]]
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window={window!r} is not allowed: an integer >= 1")
     found = [_no_signal(history, window), _truncated(history, window), _entropy_collapse(history, window),
-             _kl_or_clipping(history, window), _reward_without_accuracy(history, window, completions),
-             _loss_near_zero(history, window), _throughput(history, window)]
+             _exploding_gradients(history, window), _kl_or_clipping(history, window),
+             _reward_without_accuracy(history, window, completions), _loss_near_zero(history, window),
+             _throughput(history, window), _too_short(history, window)]
     return [finding for finding in found if finding is not None]
 
 
@@ -176,7 +233,7 @@ def diagnose_run(folder: str | Path, *, window: int = WINDOW) -> list[Finding]:
 class Doctor(Callback):
     """The doctor during training: diagnoses after every step and says each new finding once, when it first
     appears (a rule that stops firing and fires again is said again). `findings` holds the current verdict, which
-    the live dashboard shows under its figure."""
+    the live dashboard shows under its figure. "Too short to judge" is not said: every run is short at first."""
 
     def __init__(self, *, window: int = WINDOW, announce: bool = True):
         self.window, self.announce = window, announce
@@ -187,7 +244,7 @@ class Doctor(Callback):
         self.findings = diagnose(trainer.history, completions=trainer.last_completions, window=self.window)
         if self.announce and trainer.accelerator.is_main_process:
             for finding in self.findings:
-                if finding.rule not in said:
+                if finding.rule not in said and finding.rule != TOO_SHORT:
                     tqdm.write(f"GRPO doctor at step {metrics['step']}: {finding}")
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ _HELD: set[Path] = set()  # lock files held by this process (a second trainer in
 
 class RunFolderError(UsageError, RuntimeError):
     """The folder is in use by a live run, or holds a run that this one would overwrite or mix with."""
+
+
+class LogFileError(UsageError, ValueError):
+    """A line of a run's JSON-lines log, other than a torn last one, is not a logged row: resume cannot tell what
+    the run did there."""
 
 
 def json_line(row: dict[str, Any]) -> str:
@@ -54,20 +60,51 @@ def append_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+def _parse_json_lines(path: Path) -> tuple[list[dict[str, Any]], int | None]:
+    """The rows of a JSON-lines file, and the number of its last line when that line is torn (None when whole).
+
+    A process killed mid-write leaves its last line cut short: that line is not a row (it is redone on resume),
+    while a damaged line before it means the file was changed by hand or by a fault, and raises naming the line."""
+    lines = path.read_bytes().splitlines()
+    last = max((number for number, line in enumerate(lines, start=1) if line.strip()), default=0)
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError alike
+            if number == last:
+                return rows, number
+            problem = (f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError)
+                       else "not UTF-8 text")
+            shown = line[:80].decode("utf-8", errors="replace")
+            raise LogFileError(f"{path} line {number} of {last} is damaged ({problem}): {shown!r}. Only a last line "
+                               f"cut short by a crash is repaired on resume: fix or delete line {number}, or start "
+                               f"the run again with overwrite=True") from None
+        rows.append(row)
+    return rows, None
+
+
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    """Every row of a JSON-lines file; [] when there is none."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """Every row of a JSON-lines log; [] when there is none. A torn last line (a crash mid-write, or a write in
+    progress when a live run is read) is left out; a damaged line elsewhere raises LogFileError naming it."""
+    return _parse_json_lines(path)[0] if path.is_file() else []
 
 
 def keep_lines_up_to(path: Path, step: int) -> None:
-    """After a resume, drop the rows a crashed run logged past its last checkpoint (they are redone); atomic."""
-    if path.is_file():
-        kept = [row for row in read_json_lines(path) if row["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json_line(row) + "\n" for row in kept))
-        os.replace(tmp, path)
+    """After a resume, drop the rows a crashed run logged past its last checkpoint (they are redone) and a last
+    line torn by the crash, saying so (one line naming the file); atomic."""
+    if not path.is_file():
+        return
+    rows, torn = _parse_json_lines(path)
+    kept = [row for row in rows if row["step"] <= step]
+    if torn is not None:
+        warnings.warn(f"{path}: cut line {torn}, torn by a crash mid-write, and {len(rows) - len(kept)} row(s) "
+                      f"logged past step {step}, the checkpoint resumed from (they are redone)", stacklevel=2)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json_line(row) + "\n" for row in kept))
+    os.replace(tmp, path)
 
 
 def _alive(pid: int) -> bool:
@@ -140,7 +177,8 @@ def existing_run(folder: str | Path) -> str | None:
     found = []
     metrics = folder / LOG_FILES[0]
     if metrics.is_file():
-        steps = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+        # bytes: a line torn mid-character is counted, not a UnicodeDecodeError
+        steps = sum(1 for line in metrics.read_bytes().splitlines() if line.strip())
         if steps:
             found.append(f"{steps} logged steps in {metrics.name}")
     checkpoints = list_checkpoints(folder)

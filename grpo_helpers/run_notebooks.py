@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
+from grpo_helpers.yaml_values import command_line_value, load_yaml
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -68,7 +68,7 @@ def check_parameter_names(names: dict[str, str], notebooks: list[Path]) -> None:
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    values = yaml.safe_load(path.read_text()) or {}
+    values = load_yaml(path.read_text()) or {}  # `lr: 5e-7` is a number, as typed
     if not isinstance(values, dict):
         raise SystemExit(f"{path} must hold a mapping of parameter names to values, not a {type(values).__name__}")
     return values
@@ -229,11 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 02")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override one parameter (the value is parsed as YAML)")
+                        help="override one parameter (the value is read as YAML; 5e-7 is a number)")
     args = parser.parse_args(argv)
     notebooks = chapter_notebooks()
     params = load_params(args.params, notebooks)
-    overrides = {name: yaml.safe_load(value) for name, value in args.p}
+    overrides = {name: command_line_value(value, option=f"-p {name}") for name, value in args.p}
     check_parameter_names({name: "-p" for name in overrides}, notebooks)
     for notebook in notebooks:  # an override reaches every chapter that declares the name
         declared = declared_parameters(notebook)

@@ -11,6 +11,11 @@ teach the search-then-answer layout and a non-zero success rate, then let RL imp
 The loss is the mean negative log-likelihood of the completion tokens only (the prompt is context, not a
 target), computed with the same chunked log-probs as the GRPO loss. Progress, metrics (JSON lines), checkpoints
 and exact resume work as in the GRPO trainer; the adapter lands in `{output_dir}/cold_start/adapter`.
+
+Its folder follows the GRPO run's rules (grpo_helpers/run_folder.py): one live run per folder, and a cold start
+into a folder that holds an earlier one is refused unless `resume=True` (a finished one is reused, no step
+retrained; an unfinished one continues) or `overwrite=True` (it is deleted and trained again): a GRPO run may have
+been built from that adapter. A resume may not change what the cold start learns (grpo_helpers/config_history.py).
 """
 
 from __future__ import annotations
@@ -18,22 +23,26 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from grpo_helpers.checkpoint import resume_training, save_training_checkpoint, seed_everything
 from grpo_helpers.config import ConfigError, GRPOConfig
+from grpo_helpers.config_history import COLD_START_FIELDS, COLD_START_SAFE_ON_RESUME, check_resume, record_config
 from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.distributed import zero_stage
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
-from grpo_helpers.run_folder import RunLock, append_json_lines, keep_lines_up_to, read_json_lines
+from grpo_helpers.run_folder import (RunFolderError, RunLock, append_json_lines, existing_run, keep_lines_up_to,
+                                     read_json_lines)
 from grpo_helpers.samplers import PromptSampler
 from grpo_helpers.task import Task, tokenize_prompts
 
@@ -42,6 +51,13 @@ WARMUP_STEPS = 10
 
 def cold_start_dir(config: GRPOConfig) -> Path:
     return Path(config.train.output_dir) / "cold_start"
+
+
+def earlier_cold_start(folder: Path) -> str | None:
+    """What an earlier cold start left in its folder (logged steps, checkpoints, its adapter), in words; None when
+    nothing."""
+    found = [existing_run(folder), "a trained adapter in adapter/" if (folder / "adapter").exists() else None]
+    return ", ".join(text for text in found if text) or None
 
 
 def balanced_sample(tasks: list[dict], n: int, *, seed: int) -> list[dict]:
@@ -156,6 +172,8 @@ class ColdStart:
                                scheduler=self.scheduler, sampler=self.sampler, device=self.accelerator.device)
         if step is None:
             return False
+        check_resume(self.output_dir, self.config, step=step, what="cold start", names=COLD_START_FIELDS,
+                     may_change=COLD_START_SAFE_ON_RESUME)
         self.step = step
         if self.accelerator.is_main_process:
             keep_lines_up_to(self.metrics_path, step)
@@ -182,22 +200,52 @@ class ColdStart:
                 "time/step": time.perf_counter() - start}
 
     def train(self) -> Path:
-        """Run the remaining steps (none if a finished cold start is resumed) and save the adapter."""
-        lock = RunLock(self.output_dir) if self.accelerator.is_main_process else None
-        try:
+        """Run the remaining steps (none if a finished cold start is resumed) and save the adapter, holding the
+        folder's lock meanwhile."""
+        with self._claim_folder() or nullcontext():
             return self._train()
-        finally:
-            if lock is not None:
-                lock.release()
+
+    def _claim_folder(self) -> RunLock | None:
+        """The main process locks the folder; a cold start that resumed nothing refuses a folder holding an earlier
+        one unless overwrite=True, which deletes that one. Every rank raises the same error, so none waits on the
+        others. The lock (main process) or None."""
+        lock, error = None, None
+        if self.accelerator.is_main_process:
+            try:
+                lock = RunLock(self.output_dir)
+                if self.step == 0:
+                    self._clear_earlier_cold_start()
+            except RunFolderError as caught:
+                error = str(caught)
+                if lock is not None:
+                    lock.release()
+        if self.accelerator.num_processes > 1:
+            error = broadcast_object_list([error])[0]
+        if error:
+            raise RunFolderError(error)
+        return lock
+
+    def _clear_earlier_cold_start(self) -> None:
+        found = earlier_cold_start(self.output_dir)
+        if found is None:
+            return
+        if not self.config.train.overwrite:
+            if self.config.train.resume:
+                raise RunFolderError(f"{self.output_dir} holds a cold start ({found}) but no whole checkpoint to "
+                                     f"resume it from. Set overwrite=True to train it again from scratch, or choose "
+                                     f"another output_dir")
+            raise RunFolderError(f"{self.output_dir} already holds a cold start ({found}). Set resume=True to reuse "
+                                 f"it (a finished one is not retrained; an unfinished one continues from its last "
+                                 f"checkpoint), overwrite=True to train it again from scratch, or choose another "
+                                 f"output_dir")
+        self.metrics_path.unlink(missing_ok=True)
+        shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(self.adapter_dir, ignore_errors=True)
 
     def _train(self) -> Path:
         cfg = self.config.cold_start
         if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save_yaml(self.output_dir / "config.yaml")
-            if self.step == 0:  # a fresh cold start: no lines or checkpoints of an earlier one may mix in
-                self.metrics_path.unlink(missing_ok=True)
-                shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+            record_config(self.output_dir, self.config, step=self.step, names=COLD_START_FIELDS)
         bar = tqdm(total=cfg.sft_steps, initial=self.step, desc="cold start (SFT)", unit="step",
                    disable=not self.accelerator.is_main_process)
         while self.step < cfg.sft_steps:
@@ -220,7 +268,8 @@ class ColdStart:
 
 
 def run_cold_start(config: GRPOConfig, *, train_dataset: Any, **kwargs: Any) -> Path:
-    """Train the cold start (or reuse a finished one in the same folder when resume=True); the adapter's folder."""
+    """Train the cold start (or reuse a finished one in the same folder when resume=True; overwrite=True trains a
+    used folder's again); the adapter's folder."""
     trainer = ColdStart(config, train_dataset=train_dataset, **kwargs)
     path = trainer.train()
     del trainer

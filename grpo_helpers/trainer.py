@@ -29,6 +29,7 @@ from grpo_helpers.callbacks import Callback
 from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, resume_training, save_training_checkpoint,
                                      seed_everything)
 from grpo_helpers.config import GRPOConfig, check_strategy
+from grpo_helpers.config_history import check_resume, record_config
 from grpo_helpers.countdown.data import load_split
 from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dict, size_deepspeed_engine, total,
@@ -141,8 +142,13 @@ class GRPOTrainer:
             append_json_lines(self.output_dir / name, rows)
 
     def _save_run_files(self, folder: Path) -> None:
-        """config.yaml, plus data_split.json: the tasks actually used (a split passed in is not in the config)."""
-        self.config.save_yaml(folder / "config.yaml")
+        """config.yaml, plus data_split.json: the tasks actually used (a split passed in is not in the config). In the
+        run folder config.yaml is the latest config and config_history.jsonl keeps every config the run was trained
+        under, with the step it applied from; a checkpoint holds the config it was written under."""
+        if folder == self.output_dir:
+            record_config(folder, self.config, step=self.step)
+        else:
+            self.config.save_yaml(folder / "config.yaml")
         split = split_digest(self.train_dataset, self.eval_dataset)
         (folder / "data_split.json").write_text(json.dumps(split, indent=1))
 
@@ -161,12 +167,14 @@ class GRPOTrainer:
         return path
 
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint in output_dir; False when there is none."""
+        """Continue from the newest complete checkpoint in output_dir; False when there is none. A config that
+        changes what the run learns is refused (grpo_helpers/config_history.py says which settings may change)."""
         step = resume_training(self.output_dir, model=self.unwrapped_model, optimizer=self.optimizer,
                                scheduler=self.scheduler, sampler=self.sampler, generator=self.generator,
                                device=self.accelerator.device)
         if step is None:
             return False
+        check_resume(self.output_dir, self.config, step=step, what="run")
         self.step = step
         if self.accelerator.is_main_process:
             for name in LOG_FILES:

@@ -21,9 +21,9 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
@@ -36,13 +36,15 @@ from grpo_helpers.doctor import Doctor  # noqa: E402
 from grpo_helpers.sft import run_cold_start  # noqa: E402
 from grpo_helpers.task import Task  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
+from grpo_helpers.yaml_values import command_line_value  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="cpu", help="a preset name (cpu, gpu-qwen2.5-3b) or a config YAML file")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
-                        help="override one config field by its plain name; VALUE is read as YAML (repeatable)")
+                        help="override one config field by its plain name; VALUE is read as YAML, 1e-6 as a number "
+                             "(repeatable)")
     parser.add_argument("--cpu", action="store_true",
                         help="force CPU processes (gloo) even where CUDA is present; automatic without CUDA")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
@@ -55,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds a collective waits for the other ranks before the run fails")
     return parser.parse_args(argv)
+
+
+def set_overrides(pairs: list[list[str]]) -> dict[str, Any]:
+    """The `--set FIELD VALUE` pairs as load_config overrides, each VALUE read as YAML with numbers as typed
+    (`--set lr 1e-6` is the float 1e-06: plain PyYAML would pass the string '1e-6', which the config refuses)."""
+    return {name: command_line_value(value, option=f"--set {name}") for name, value in pairs}
 
 
 def adapter_checksum(model: torch.nn.Module) -> float:
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     for name in args.imports:
         import_extension(name)
-    overrides = {name: yaml.safe_load(value) for name, value in args.set}
+    overrides = set_overrides(args.set)
     config = load_config(args.config, **overrides)  # a bad field fails here, before any process group or model
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))])

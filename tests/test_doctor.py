@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from grpo_helpers.doctor import diagnose, diagnose_run, report
+from grpo_helpers.doctor import Doctor, diagnose, diagnose_run, report
 
 
 def healthy(steps: int = 12, **changes) -> list[dict]:
@@ -41,6 +42,8 @@ def test_a_healthy_run_gets_a_clean_bill():
     ("reward_hacking", {"hack/accuracy": 0.1}),  # reward rises (healthy's 0.3 -> 0.54), accuracy flat
     ("loss_near_zero", {"loss": 0.0004}),
     ("throughput_collapse", {"tokens_per_sec": lambda i: 120.0 if i <= 6 else 40.0}),
+    ("exploding_gradients", {"grad_norm": lambda i: 0.4 if i <= 6 else 12.0}),  # 30x, above the floor of 10
+    ("exploding_gradients", {"grad_norm": 2000.0}),  # flat, but no healthy run has such norms
 ])
 def test_each_rule_fires_on_its_problem(rule, changes):
     findings = diagnose(healthy(**changes))
@@ -58,13 +61,49 @@ def test_each_rule_fires_on_its_problem(rule, changes):
     {"loss": 0.0004, "grad_norm": 0.0},  # zero loss and zero gradient is no_signal's business, not this note's
     {"tokens_per_sec": lambda i: 120.0 - 2 * i},
     {"entropy": None, "kl": None},  # not logged (beta = 0, no entropy): the rules that need them stay silent
+    {"grad_norm": lambda i: 0.01 if i <= 6 else 0.5},  # from almost no signal to ordinary sizes: 50x, no blow-up
+    {"grad_norm": lambda i: 5000.0 if i in (3, 10) else 0.4},  # one spiky step at each end: the medians ignore it
+    {"grad_norm": None},  # not logged
 ])
 def test_rules_stay_silent_where_nothing_is_wrong(changes):
     assert rules(healthy(**changes)) == set()
 
 
-def test_short_histories_are_not_judged():
-    assert rules(healthy(steps=3, **{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 0.9})) == set()
+# The lr = 1.0 run of issue 32, 6 steps: grad_norm reached 122,542 and entropy fell to 0 ("strugg strugg ...")
+BLOW_UP = {"grad_norm": lambda i: [0.9, 40.0, 900.0, 8_000.0, 60_000.0, 122_542.0][i - 1],
+           "entropy": lambda i: [0.9, 0.6, 0.2, 0.02, 0.0, 0.0][i - 1], "completions/clipped_ratio": 1.0}
+
+
+def test_a_six_step_blow_up_is_named_with_its_numbers():
+    findings = {f.rule: f for f in diagnose(healthy(steps=6, **BLOW_UP))}
+    assert {"exploding_gradients", "entropy_collapse", "truncated"} <= set(findings)
+    assert findings["entropy_collapse"].evidence == "entropy 0.567 (first 3 steps) -> 0.007 (last 3)"
+    exploding = findings["exploding_gradients"]
+    assert exploding.evidence == "median grad_norm 40 (first 3 steps) -> 60,000 (last 3), 122,542 at step 6"
+    assert "lower lr" in exploding.advice
+    calm = {"grad_norm": 0.9, "entropy": 0.9, "completions/clipped_ratio": 0.05}  # the same 6 steps, healthy
+    assert rules(healthy(steps=6, **calm)) == set()
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 4])
+def test_a_history_shorter_than_the_window_is_too_short_to_judge(steps):
+    """A 2-step run with zero reward and every group flat got "nothing looks wrong"; it is too short to judge."""
+    flat = healthy(steps=steps, reward=0.0, frac_reward_zero_std=1.0, **{"completions/clipped_ratio": 0.9})
+    findings = diagnose(flat)
+    assert {f.rule for f in findings} == {"too_short"}
+    text = report(findings)
+    assert "too short to judge" in text.lower() and f"{steps} step(s) logged; most rules need 5" in text
+    assert "nothing looks wrong" not in text
+    assert rules(healthy(steps=5)) == set()  # from the window on, a healthy run gets its clean bill again
+
+
+def test_the_doctor_callback_does_not_announce_that_a_run_has_only_begun(capsys):
+    doctor = Doctor()
+    trainer = SimpleNamespace(history=[], last_completions=[], accelerator=SimpleNamespace(is_main_process=True))
+    for metrics in healthy(steps=3):
+        trainer.history.append(metrics)
+        doctor.on_step_end(trainer, metrics)
+    assert [f.rule for f in doctor.findings] == ["too_short"] and capsys.readouterr().out == ""
 
 
 def test_reward_hacking_quotes_the_top_scoring_completions(tmp_path):
