@@ -203,6 +203,15 @@ def training_outcome(out_dir: Path) -> tuple[list[str], Path | None]:
         lines += ["", f"Base vs fine-tuned (chapter 06, {data['tasks']} held-out tasks x {data['samples_per_task']} "
                       "samples):", "", "| metric | base | fine-tuned |", "| --- | ---: | ---: |"]
         lines += [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} |" for key in base if key != "tasks"]
+    own = out_dir / "eval" / "own_task.json"
+    if own.is_file():
+        data = json.loads(own.read_text())
+        lines += ["", f"Your own task (chapter 08, {data['task']}): pure GRPO from the base model, {data['steps']} steps "
+                      f"in {data['train_minutes']:.1f} min; held-out greedy accuracy on {data['held_out']} questions "
+                      f"{data['base']:.3f} [{data['base_ci'][0]:.3f}, {data['base_ci'][1]:.3f}] -> {data['after']:.3f} "
+                      f"[{data['after_ci'][0]:.3f}, {data['after_ci'][1]:.3f}]; right only after "
+                      f"{data['paired']['only_after']}, only before {data['paired']['only_before']} (exact sign test "
+                      f"p = {data['paired']['p_value']:.2g})."]
     return lines, curve
 
 

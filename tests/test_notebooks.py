@@ -102,8 +102,12 @@ def test_run_summary_reports_time_reward_curve_and_base_vs_tuned(tmp_path):
     (tmp_path / "eval" / "comparison.json").write_text(json.dumps(
         {"tasks": 32, "samples_per_task": 2, "base": {"tasks": 32, "accuracy": 0.0, "format_rate": 0.25},
          "tuned": {"tasks": 32, "accuracy": 0.0625, "format_rate": 0.5}}))
+    (tmp_path / "eval" / "own_task.json").write_text(json.dumps(
+        {"task": "largest", "held_out": 200, "steps": 24, "train_minutes": 5.2, "base": 0.285, "base_ci": [0.227, 0.351],
+         "after": 0.805, "after_ci": [0.745, 0.854], "paired": {"only_after": 108, "only_before": 4, "p_value": 2.5e-27}}))
     records = [{"notebook": "04_single_node_training.ipynb", "seconds": 120.0, "output": "x/04.ipynb", "figures": 3}]
     text = write_summary(records, tmp_path, "params/cpu.yaml").read_text()
+    assert "on 200 questions 0.285 [0.227, 0.351] -> 0.805 [0.745, 0.854]; right only after 108, only before 4" in text
     assert "Total time: 2.0 min" in text and "| 04_single_node_training.ipynb | 120 | 3 |" in text
     assert "6 steps in 3.0 min; mean reward of the first 2 steps 0.150 -> last 2 steps 0.550" in text
     assert "step 0: 0.000 (format 0.100)" in text
