@@ -15,25 +15,12 @@ import pytest
 import grpo_helpers.run_notebooks as run_notebooks
 from grpo_helpers.checkpoint import MANIFEST_FILE, checkpoint_path
 from grpo_helpers.config import load_config
-from grpo_helpers.countdown.data import generate_countdown, generate_tiers
+from grpo_helpers.countdown.data import generate_tiers
 from grpo_helpers.run_folder import LogFileError, read_json_lines
 from grpo_helpers.sft import ColdStart
-from grpo_helpers.trainer import GRPOTrainer
 from grpo_helpers.yaml_values import load_yaml
+from test_nothing_lost import ROOT, trainer_for  # one small GRPO run, shared with the older fault tests
 from tiny import tiny_lora
-
-TASKS = generate_countdown(40, seed=1)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def trainer_for(tokenizer, output_dir: Path, **overrides) -> GRPOTrainer:
-    values = dict(num_tasks=40, test_size=8, eval_tasks=4, max_steps=2, num_prompts=2, group_size=3,
-                  max_new_tokens=8, beta=0.0, lr=1e-2, save_every=1, eval_every=0, temperature=1.0,
-                  dynamic_sampling=0, curriculum="uniform", reward_weights={"length": 1.0, "format": 1.0},
-                  output_dir=str(output_dir))
-    values.update(overrides)
-    return GRPOTrainer(load_config("cpu", **values), train_dataset=TASKS[:32], eval_dataset=TASKS[32:],
-                       model=tiny_lora(tokenizer), tokenizer=tokenizer)
 
 
 def logged_steps(path: Path) -> list[int]:
