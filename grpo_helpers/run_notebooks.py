@@ -9,7 +9,9 @@ unknown to warn about. A chapter without a file runs on its defaults. Your own s
 chapter receives the names it declares. Every chapter also receives `run_dir` (the run folder, shared by all chapters
 so that the data split, the adapter and the figures flow from one chapter to the next). A name that no chapter it
 reaches declares is refused before anything runs (papermill would only log a warning and run on with the default).
-A failing cell stops the run with the notebook and cell named; the partially executed notebook is kept.
+A failing cell stops the run with the notebook and cell named; the partially executed notebook is kept. No cell can
+hang the run: each has a time limit, `--cell-timeout` (15 min) for ordinary cells (a widget cell once hung for good
+in nbclient, kernel idle), `--long-cell-timeout` (4 h) for the cells tagged `long` (training, large evaluations).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import json
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from grpo_helpers.yaml_values import command_line_value, load_yaml
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+CELL_TIMEOUT = 15 * 60  # seconds for an ordinary cell: the slowest of them takes ~2 min on the slowest CPU
+LONG_CELL_TIMEOUT = 4 * 3600  # seconds for a cell tagged `long`: chapter 04's GRPO takes ~25 min on the slowest CPU
 
 
 def chapter(notebook: Path) -> str:
@@ -122,14 +127,23 @@ def shared_paths(declared: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return {name: value for name, value in paths.items() if name in declared}
 
 
-def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
+def cell_timeout(cell: dict[str, Any], *, ordinary: float, long: float) -> float:
+    """A cell's time limit: `long` for cells tagged `long` (training, large evaluations), else `ordinary`."""
+    return long if "long" in cell.get("metadata", {}).get("tags", []) else ordinary
+
+
+def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | None = None,
+        folder: Path = NOTEBOOKS_DIR, ordinary_timeout: float = CELL_TIMEOUT,
+        long_timeout: float = LONG_CELL_TIMEOUT) -> list[dict[str, Any]]:
     """Execute the chapters, each with its own parameters (chapter number -> name -> value, as load_params returns);
-    returns one record per notebook (name, seconds, output path, figures)."""
+    returns one record per notebook (name, seconds, output path, figures). A cell past its time limit stops the run
+    with the notebook and cell named, like a failing one."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    notebooks = chapter_notebooks(only=only)
+    notebooks = chapter_notebooks(folder, only=only)
     records = []
     for number, notebook in enumerate(notebooks, 1):
         declared = declared_parameters(notebook)
@@ -140,10 +154,19 @@ def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | N
         start = time.perf_counter()
         try:
             papermill.execute_notebook(str(notebook), str(executed), parameters=passed, cwd=str(notebook.parent),
-                                       progress_bar=True)
+                                       progress_bar=True, timeout_func=partial(cell_timeout, ordinary=ordinary_timeout,
+                                                                               long=long_timeout))
         except PapermillExecutionError as error:
             print(f"\nFAILED: {notebook.name}, cell {error.exec_count} raised {error.ename}: {error.evalue}\n"
                   f"The partially executed notebook is kept at {executed}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except CellTimeoutError as error:
+            preview = str(error).split("Here is a preview of the cell contents:")[-1].strip()[:300]
+            print(f"\nFAILED: {notebook.name}: a cell ran past its time limit ({ordinary_timeout:.0f} s, or "
+                  f"{long_timeout:.0f} s for cells tagged `long`) and was stopped: a hung kernel or widget, or a "
+                  f"machine far slower than expected. The cell began:\n{preview}\nRun the chapter again with "
+                  f"`--only {chapter(notebook)}`, or raise --cell-timeout / --long-cell-timeout. The partially executed "
+                  f"notebook is kept at {executed}", file=sys.stderr)
             raise SystemExit(1) from None
         seconds = time.perf_counter() - start
         figures = export_figures(executed, out_dir / "figures")
@@ -237,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a parameter set (a folder of per-chapter NN.yaml files), or one flat YAML file")
     parser.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 02")
+    parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT,
+                        help="seconds an ordinary cell may run before the run stops with it named")
+    parser.add_argument("--long-cell-timeout", type=float, default=LONG_CELL_TIMEOUT,
+                        help="seconds a cell tagged `long` (training, large evaluations) may run")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one parameter (the value is read as YAML; 5e-7 is a number)")
     args = parser.parse_args(argv)
@@ -250,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                                      **{k: v for k, v in overrides.items() if k in declared}}
     out_dir = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     start = time.perf_counter()
-    records = run(params, out_dir=out_dir, only=args.only)
+    records = run(params, out_dir=out_dir, only=args.only, ordinary_timeout=args.cell_timeout,
+                  long_timeout=args.long_cell_timeout)
     summary = write_summary(records, out_dir, args.params)
     print("\n" + summary.read_text())
     print(f"\nAll {len(records)} notebooks ran in {(time.perf_counter() - start) / 60:.1f} min.\n"
