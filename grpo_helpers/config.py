@@ -54,6 +54,7 @@ REWARD_SCALES = ("group", "batch", "none")
 SCHEDULERS = ("constant", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb")
 CURRICULA = ("uniform", "linear", "success")
+MAX_NEW_TOKENS = 32_768  # Qwen2.5-3B's context; a larger cap only allocates caches no completion can fill
 
 
 def _booleans(section: Any) -> None:
@@ -178,7 +179,10 @@ class RolloutConfig:
         _booleans(self)
         _positive_int("num_prompts", self.num_prompts)
         _positive_int("group_size", self.group_size, 2)
-        _positive_int("max_new_tokens", self.max_new_tokens)
+        _require(isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
+                 and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS, "max_new_tokens", self.max_new_tokens,
+                 f"an integer in 1..{MAX_NEW_TOKENS:,} (the longest context of the supported models; a GRPO completion "
+                 f"of Countdown needs ~100 on the CPU recipe, 1,024 on the GPU one)")
         _number_in("temperature", self.temperature, 0.0, 10.0, low_open=True)
         _number_in("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _positive_int("top_k", self.top_k, 0)

@@ -27,6 +27,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from grpo_helpers.yaml_values import command_line_value, load_yaml
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -73,7 +75,13 @@ def check_parameter_names(names: dict[str, str], notebooks: list[Path]) -> None:
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    values = load_yaml(path.read_text()) or {}  # `lr: 5e-7` is a number, as typed
+    try:
+        values = load_yaml(path.read_text()) or {}  # `lr: 5e-7` is a number, as typed
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise SystemExit(f"{path}{line} is not valid YAML ({getattr(error, 'problem', None) or error}): write one "
+                         f"`name: value` per line") from None
     if not isinstance(values, dict):
         raise SystemExit(f"{path} must hold a mapping of parameter names to values, not a {type(values).__name__}")
     return values

@@ -338,7 +338,14 @@ class GRPOTrainer:
                        disable=not self.accelerator.is_main_process)
             self.should_stop = False
             while self.step < cfg.train.max_steps and not self.should_stop:
-                metrics, batches = self.train_step()
+                try:
+                    metrics, batches = self.train_step()
+                except KeyboardInterrupt:
+                    last = list_checkpoints(self.output_dir)
+                    tqdm.write(f"interrupted during step {self.step + 1}; the newest checkpoint, "
+                               f"{last[-1] if last else 'none yet'}, is whole: build the same config with "
+                               f"resume=True to continue from it")
+                    raise
                 self._after_step(metrics, batches)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completions/mean_length']:.0f}",

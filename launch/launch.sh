@@ -11,7 +11,11 @@ config="$root/launch/accelerate/$name.yaml"
 if [ -z "${ACCELERATE:-}" ]; then
   if [ -x "$root/.venv/bin/accelerate" ]; then ACCELERATE="$root/.venv/bin/accelerate"; else ACCELERATE=accelerate; fi
 fi
-cd "$root"  # the wrappers' relative config paths and runs/ are relative to the project root
+# Relative paths (--config, --import, --task, output_dir) mean what they mean where you stand, as in any command.
+# The settings are checked once, in one process, before any rank starts: a typo is one line, not every rank's traceback.
+python="$(dirname "$ACCELERATE")/python"
+[ -x "$python" ] || python=python3
+"$python" "$root/launch/train_grpo.py" --check "$@" || exit 2
 cmd=("$ACCELERATE" launch --config_file "$config" "$root/launch/train_grpo.py" "$@")
 echo "+ ${cmd[*]}"
 exec "${cmd[@]}"

@@ -29,10 +29,12 @@ from accelerate.utils import InitProcessGroupKwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without `pip install -e .`
 
-from grpo_helpers.config import describe, load_config  # noqa: E402
+from grpo_helpers.checkpoint import list_checkpoints  # noqa: E402
+from grpo_helpers.config import GRPOConfig, describe, load_config  # noqa: E402
 from grpo_helpers.countdown.data import load_split  # noqa: E402
 from grpo_helpers.distributed import gathered  # noqa: E402
 from grpo_helpers.doctor import Doctor  # noqa: E402
+from grpo_helpers.errors import UsageError  # noqa: E402
 from grpo_helpers.sft import run_cold_start  # noqa: E402
 from grpo_helpers.task import Task  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train your own task instead of Countdown: a .py file or module defining `task` (a "
                              "grpo_helpers.task.Task or a list of reward functions, the first judging correctness), "
                              "`train_dataset` and `eval_dataset` (rows with a 'prompt' column)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the settings (config, --set, --import, --task) and exit: the wrappers run it "
+                             "once before starting the ranks")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds a collective waits for the other ranks before the run fails")
     return parser.parse_args(argv)
@@ -102,20 +107,42 @@ def user_task(name: str) -> tuple[Task, list | object, list | object | None]:
     return task, module.train_dataset, getattr(module, "eval_dataset", None)
 
 
+def checked_settings(args: argparse.Namespace) -> tuple[GRPOConfig, tuple[Task, Any, Any] | None]:
+    """The config and the user's task (None: Countdown), or one line naming what is wrong: before any process group,
+    model or rank exists."""
+    try:
+        for name in args.imports:
+            import_extension(name)
+        config = load_config(args.config, **set_overrides(args.set))
+        return config, (user_task(args.task) if args.task else None)
+    except (UsageError, ValueError) as error:
+        raise SystemExit(f"launch/train_grpo.py: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    for name in args.imports:
-        import_extension(name)
-    overrides = set_overrides(args.set)
-    config = load_config(args.config, **overrides)  # a bad field fails here, before any process group or model
+    config, own = checked_settings(args)
+    if args.check:
+        print(f"settings ok: {args.config}" + (f", task from {args.task}" if args.task else ""), flush=True)
+        return
+    try:
+        train(args, config, own)
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted: every checkpoint written is whole (newest: "
+                         f"{(list_checkpoints(Path(config.train.output_dir)) or ['none yet'])[-1]}); continue with "
+                         f"--set resume true and the same settings") from None
+
+
+def train(args: argparse.Namespace, config: GRPOConfig, own: tuple[Task, Any, Any] | None) -> None:
+    """The run itself, on every rank: the cold start when the recipe has one, GRPO, the adapter and its checksum."""
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))])
     if accelerator.is_main_process:
         print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}, device "
               f"{accelerator.device}\n{describe(config)}", flush=True)
     start = time.perf_counter()
-    if args.task:
-        task, train_rows, eval_rows = user_task(args.task)
+    if own is not None:
+        task, train_rows, eval_rows = own
     else:
         task = None
         train_rows, eval_rows = load_split(config.data, seed=config.train.seed)

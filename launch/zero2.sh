@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
 # DeepSpeed ZeRO-2 on all GPUs of this machine. Extra arguments go to train_grpo.py, e.g. --set max_steps 10
-exec "$(dirname "$0")/launch.sh" zero2 --config launch/configs/qwen2.5-3b-countdown.yaml "$@"
+exec "$(dirname "$0")/launch.sh" zero2 --config "$(dirname "$0")/configs/qwen2.5-3b-countdown.yaml" "$@"

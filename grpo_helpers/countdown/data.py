@@ -367,9 +367,13 @@ def load_countdown(source: str = "generated", *, num_tasks: int | None = None,
 
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
-    if suffix in FILE_TYPES or _looks_like_path(source):
-        if not path.is_file():
-            raise MissingFileError(f"dataset file {str(path)!r} does not exist (resolved: {path.resolve()})")
+    if path.is_dir():
+        raise ValueError(f"dataset {source!r} is a folder: give one {'/'.join(FILE_TYPES)} file inside it, "
+                         f"'generated', or a hub id such as {HUB_EXAMPLE!r}")
+    if suffix in FILE_TYPES or _looks_like_path(source) or "/" not in source:
+        if not path.is_file():  # a bare name ("mydata") is a file that is not there, never a hub id to retry for
+            raise MissingFileError(f"dataset file {str(path)!r} does not exist (resolved: {path.resolve()}); a hub "
+                                   f"dataset is named owner/name, e.g. {HUB_EXAMPLE!r}")
         if suffix not in FILE_TYPES:
             raise ValueError(f"dataset file {str(path)!r} has the type {suffix or '(none)'!r}: use "
                              f"{'/'.join(FILE_TYPES)}")
