@@ -96,9 +96,17 @@ def test_the_scan_finds_our_library_calls():
             "papermill.execute_notebook"} <= names
 
 
+def forwarded(name: str, keyword: str) -> bool:
+    """papermill hands the keywords it does not know to its engine, which sets them on nbclient's NotebookClient
+    (`timeout_func`, say): such a keyword exists when the installed NotebookClient still has that setting."""
+    from nbclient import NotebookClient
+
+    return name == "papermill.execute_notebook" and keyword in NotebookClient.class_trait_names()
+
+
 @pytest.mark.parametrize("where,name,keyword", library_calls())
 def test_every_keyword_we_pass_exists(where, name, keyword):
-    assert accepts(CALLABLES[name], keyword), (
+    assert accepts(CALLABLES[name], keyword) or forwarded(name, keyword), (
         f"{where}: {name}(..., {keyword}=...) is not accepted by the installed version of {name}")
 
 
