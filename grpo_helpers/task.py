@@ -145,7 +145,9 @@ class Task:
         return out
 
     def correct(self, completions: list[str], rows: Sequence[dict], *, repeat: int = 1) -> list[bool]:
-        return self.judge(completions, rows, repeat=repeat)["correct"]
+        """The judge alone (the hack monitor and per-tier accuracy call it every step: no format reward runs)."""
+        scores = self.score(completions, rows, repeat=repeat, weights={self.correct_reward: 1.0})
+        return [v == 1.0 for v in scores.per_function[self.correct_reward]]
 
     def key(self, row: dict) -> Any:
         """What makes two rows the same question (for `hack/identical_answers`)."""
