@@ -21,10 +21,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from grpo_helpers.config import ConfigError
+from grpo_helpers.distributed import gathered_state_dict, zero_stage
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
+DEEPSPEED_FOLDER, DEEPSPEED_TAG = "deepspeed", "engine"  # the engine's own checkpoint, under DeepSpeed only
 
 
 def seed_everything(seed: int) -> None:
@@ -128,12 +134,28 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
 def write_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], *, keep_last: int) -> Path:
     """`write(folder)` fills a temporary folder, which gets its manifest and is then renamed to the step's
     checkpoint; only the newest `keep_last` whole checkpoints are kept (older ones are deleted after the new one is
-    complete)."""
+    complete). One process; `save_training_checkpoint` is the same done by every rank together."""
+    tmp = _start_checkpoint(output_dir, step)
+    write(tmp)
+    return _finish_checkpoint(output_dir, step, keep_last=keep_last)
+
+
+def _temporary_path(output_dir: str | Path, step: int) -> Path:
+    """Where a checkpoint is written before it counts: one name every rank agrees on (the run folder's lock
+    keeps any other run out)."""
     final = checkpoint_path(output_dir, step)
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    return final.with_name(final.name + ".tmp")
+
+
+def _start_checkpoint(output_dir: str | Path, step: int) -> Path:
+    tmp = _temporary_path(output_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
+    return tmp
+
+
+def _finish_checkpoint(output_dir: str | Path, step: int, *, keep_last: int) -> Path:
+    tmp, final = _temporary_path(output_dir, step), checkpoint_path(output_dir, step)
     _write_manifest(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -163,38 +185,72 @@ def load_model_weights(model: torch.nn.Module, folder: Path, device: torch.devic
     model.load_state_dict(loaded.state_dict())
 
 
-def save_training_checkpoint(output_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer, scheduler,
-                             sampler, keep_last: int, generator: torch.Generator | None = None,
-                             state_dict: dict[str, torch.Tensor] | None = None,
+def strategy_of(accelerator: Accelerator) -> dict[str, Any]:
+    """How the optimizer state is laid out: the strategy and the number of processes. DDP and a launch over several
+    machines are the same thing here (a full copy of everything on every rank)."""
+    stage = zero_stage(accelerator)
+    name = f"DeepSpeed ZeRO-{stage}" if stage is not None else "DDP" if accelerator.num_processes > 1 else "one process"
+    return {"name": name, "world_size": accelerator.num_processes}
+
+
+def save_training_checkpoint(output_dir: str | Path, step: int, *, accelerator: Accelerator, model: torch.nn.Module,
+                             unwrapped_model: torch.nn.Module, optimizer, scheduler, sampler, keep_last: int,
+                             generator: torch.Generator | None = None,
                              more: Callable[[Path], None] | None = None) -> Path:
-    """Everything a loop needs to continue exactly: weights (`state_dict` if gathered, else the model's own),
-    optimizer, scheduler, RNG states, the sampling generator and the task sampler's position; `more(folder)` adds
-    the loop's own files. Call on the main process only."""
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder / "model", state_dict=state_dict)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "sampler": sampler.state_dict()}
-        if generator is not None:
-            state["generator"] = generator.get_state()
-        torch.save(state, folder / STATE_FILE)
+    """Everything a loop needs to continue exactly, written by every rank together (call it on all of them):
+    weights (the adapter, gathered under ZeRO-3), optimizer and scheduler, each rank's RNG states and sampling
+    generator, the task sampler's position; under DeepSpeed also the engine's own checkpoint (each rank writes its
+    shard of the optimizer state). The main process writes the rest, `more(folder)` included, then the manifest.
+    `model` is the prepared one (DeepSpeed's engine), `unwrapped_model` the model inside it."""
+    weights = gathered_state_dict(accelerator, model)  # a collective under ZeRO-3
+    ranks = gather_object([{"rng": rng_state(), "generator": None if generator is None else generator.get_state()}])
+    if accelerator.is_main_process:
+        _start_checkpoint(output_dir, step)
+    accelerator.wait_for_everyone()
+    tmp = _temporary_path(output_dir, step)
+    deepspeed = zero_stage(accelerator) is not None
+    if deepspeed:  # every rank writes its own shard (a folder every rank can reach, as for the run itself)
+        model.save_checkpoint(str(tmp / DEEPSPEED_FOLDER), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)
+    if accelerator.is_main_process:
+        unwrapped_model.save_pretrained(tmp / "model", state_dict=weights)
+        state = {"step": step, "strategy": strategy_of(accelerator), "scheduler": scheduler.state_dict(),
+                 "sampler": sampler.state_dict(), "ranks": ranks,
+                 "optimizer": None if deepspeed else optimizer.state_dict()}
+        torch.save(state, tmp / STATE_FILE)
         if more is not None:
-            more(folder)
+            more(tmp)
+        _finish_checkpoint(output_dir, step, keep_last=keep_last)
+    accelerator.wait_for_everyone()
+    return checkpoint_path(output_dir, step)
 
-    return write_checkpoint(output_dir, step, write, keep_last=keep_last)
 
-
-def resume_training(output_dir: str | Path, *, model: torch.nn.Module, optimizer, scheduler, sampler,
-                    device: torch.device, generator: torch.Generator | None = None) -> int | None:
-    """Load the newest whole checkpoint into these objects and return its step; None when there is none."""
+def resume_training(output_dir: str | Path, *, accelerator: Accelerator, model: torch.nn.Module,
+                    unwrapped_model: torch.nn.Module, optimizer, scheduler, sampler,
+                    generator: torch.Generator | None = None) -> int | None:
+    """Load the newest whole checkpoint into these objects (on every rank, each taking its own RNG states) and
+    return its step; None when there is none. A checkpoint written under another strategy or number of processes
+    is refused with what to do instead: its optimizer state is laid out for that one."""
     path = newest_checkpoint(output_dir)
     if path is None:
         return None
-    load_model_weights(model, path / "model", device)
     state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
+    written, here = state.get("strategy"), strategy_of(accelerator)
+    if written is not None and written != here:
+        raise ConfigError(
+            f"{path} was written under {written['name']} on {written['world_size']} process(es); this run is "
+            f"{here['name']} on {here['world_size']}: its optimizer state and each rank's random streams are laid "
+            f"out for that one, so resume with the same launch (same wrapper and process count), or start a new run "
+            f"from its weights with init_adapter={path / 'model'}")
+    if zero_stage(accelerator) is not None:  # weights and this rank's optimizer shard, from the engine's files
+        model.load_checkpoint(str(path / DEEPSPEED_FOLDER), tag=DEEPSPEED_TAG, load_module_strict=False,
+                              load_optimizer_states=True, load_lr_scheduler_states=False)
+    else:
+        load_model_weights(unwrapped_model, path / "model", accelerator.device)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
     sampler.load_state_dict(state["sampler"])
+    mine = state["ranks"][accelerator.process_index] if "ranks" in state else state  # before: one state for all
+    set_rng_state(mine["rng"])
     if generator is not None:
-        generator.set_state(state["generator"])
+        generator.set_state(mine["generator"])
     return state["step"]

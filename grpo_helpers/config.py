@@ -456,23 +456,24 @@ def load_config(preset_or_path: str = "cpu", **overrides: Any) -> GRPOConfig:
     return config_from_dict(_merge(_merge({s: {} for s in SECTIONS}, base), overrides))
 
 
-def check_strategy(config: GRPOConfig, *, zero_stage: int | None) -> None:
-    """Settings the chosen distributed strategy cannot honour (zero_stage: DeepSpeed's ZeRO stage, None = no
-    DeepSpeed), refused before any model loads."""
+def fit_strategy(config: GRPOConfig, *, zero_stage: int | None, verbose: bool = True) -> GRPOConfig:
+    """The config as the chosen distributed strategy runs it (zero_stage: DeepSpeed's ZeRO stage, None = no
+    DeepSpeed). The DeepSpeed engine steps its optimizer inside every backward, so a step must be one backward:
+    prompts_per_pass (a memory setting, same gradient) is raised to the whole batch, said once; accumulating
+    several rollout batches cannot be honoured and is refused before any model loads."""
     if zero_stage is None:
-        return
-    if config.train.resume:
-        raise ConfigError("resume=True is not supported under DeepSpeed: checkpoints hold the adapter (or weights) "
-                          "but not DeepSpeed's sharded optimizer state; start a new run from the saved adapter")
-    if config.train.grad_accum_steps > 1 or config.train.prompts_per_pass < config.rollout.num_prompts:
-        # the DeepSpeed engine steps its optimizer inside every backward: exactly one backward per step here
-        raise ConfigError(f"under DeepSpeed one backward pass must make one optimizer step: set grad_accum_steps=1 "
-                          f"(got {config.train.grad_accum_steps}) and prompts_per_pass >= "
-                          f"num_prompts={config.rollout.num_prompts} (got {config.train.prompts_per_pass})")
-    if zero_stage == 3 and config.rollout.dynamic_sampling:
-        # ranks would sample different numbers of extra rollouts, each gathering the sharded weights
-        raise ConfigError(f"dynamic_sampling={config.rollout.dynamic_sampling} is not supported under DeepSpeed "
-                          f"ZeRO-3 yet: set dynamic_sampling=0 or use ZeRO-2/DDP")
+        return config
+    if config.train.grad_accum_steps > 1:
+        raise ConfigError(f"grad_accum_steps={config.train.grad_accum_steps} is not supported under DeepSpeed (its "
+                          f"engine steps the optimizer inside every backward): set grad_accum_steps=1, or raise "
+                          f"num_prompts instead")
+    if config.train.prompts_per_pass >= config.rollout.num_prompts:
+        return config
+    if verbose:
+        print(f"DeepSpeed ZeRO-{zero_stage}: one backward per step, so prompts_per_pass="
+              f"{config.train.prompts_per_pass} becomes num_prompts={config.rollout.num_prompts} (same gradient, more "
+              f"memory per pass)", flush=True)
+    return config.replace(prompts_per_pass=config.rollout.num_prompts)
 
 
 def describe(config: GRPOConfig) -> str:
@@ -482,5 +483,5 @@ def describe(config: GRPOConfig) -> str:
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "LossConfig", "TrainConfig", "ColdStartConfig",
-    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "check_strategy", "describe",
+    "GRPOConfig", "PRESETS", "load_config", "config_from_dict", "fit_strategy", "describe",
 ]

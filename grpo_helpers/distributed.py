@@ -6,7 +6,7 @@ Each helper is a no-op (or the plain value) on one process without DeepSpeed, wh
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from accelerate import Accelerator
@@ -24,6 +24,9 @@ def size_deepspeed_engine(accelerator: Accelerator, *, micro_batch: int, max_gra
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+        # the cold start's engine left its own total here: a second engine in the same process must size afresh
+        plugin.deepspeed_config["train_batch_size"] = (
+            micro_batch * plugin.deepspeed_config.get("gradient_accumulation_steps", 1) * accelerator.num_processes)
         plugin.deepspeed_config["gradient_clipping"] = max_grad_norm
 
 
@@ -41,12 +44,28 @@ def gathered(params: list[torch.Tensor]):
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
+def unsharded_head(head: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The LM head as a function that needs no collective: what the chunked log-probs call once per chunk. Under
+    ZeRO-3 each call of the module would gather its weight, and ranks whose completions differ in length run
+    different numbers of chunks (a collective mismatch), and a checkpointed chunk would recompute with the weight
+    released. So the frozen weight is gathered once, here, by every rank alike; elsewhere the module is returned."""
+    if not zero3_sharded(head.parameters()):
+        return head
+    if any(p.requires_grad for p in head.parameters()):
+        raise ValueError("a trainable LM head under DeepSpeed ZeRO-3 is not supported (its chunks would need the same "
+                         "number of gathers on every rank): train with LoRA (use_lora=true), or use ZeRO-2")
+    with gathered(list(head.parameters())):
+        weight = head.weight.detach().clone()
+        bias = None if head.bias is None else head.bias.detach().clone()
+    return lambda hidden: torch.nn.functional.linear(hidden, weight, bias)
+
+
 def whole_weights(accelerator: Accelerator, model: torch.nn.Module):
     """A context in which every weight is whole on every rank.
 
     DeepSpeed ZeRO-3 shards every weight across ranks; sampling token by token needs whole matrices, so they are
     gathered for the rollout: each rank briefly holds the full model (for a 3B model in bf16, ~6 GB per GPU on top
-    of its shard). Not yet run on GPUs: DeepSpeed's per-layer hooks may still re-gather during decoding."""
+    of its shard). Run on 2 CPU processes in the tests (tests/test_scale_path.py); not yet measured on GPUs."""
     return gathered(list(model.parameters())) if zero_stage(accelerator) == 3 else nullcontext()
 
 

@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from grpo_helpers.checks import require_choice, require_int
 from grpo_helpers.config import IMPORTANCE_LEVELS, LOSS_TYPES, REWARD_SCALES
+from grpo_helpers.distributed import unsharded_head
 
 
 def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4,
@@ -121,7 +122,7 @@ def _head_logps(model, hidden: Tensor, targets: Tensor, chunk_size: int, tempera
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed: an integer >= 1 (tokens per LM-head chunk)")
     shape = targets.shape  # (N, C)
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)  # (N*C, H), (N*C,)
-    head = getattr(model, "module", model).get_output_embeddings()
+    head = unsharded_head(getattr(model, "module", model).get_output_embeddings())  # the module itself on one process
 
     def chunk_logps(h: Tensor, y: Tensor):
         return _token_logps(head(h), y, temperature, return_entropy)

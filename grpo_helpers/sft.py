@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from grpo_helpers.checkpoint import resume_training, save_training_checkpoint, seed_everything
-from grpo_helpers.config import ConfigError, GRPOConfig
+from grpo_helpers.config import GRPOConfig
 from grpo_helpers.config_history import COLD_START_FIELDS, COLD_START_SAFE_ON_RESUME, check_resume, record_config
 from grpo_helpers.countdown.task import countdown_task
-from grpo_helpers.distributed import zero_stage
+from grpo_helpers.distributed import clip_gradients, gathered_state_dict, size_deepspeed_engine
 from grpo_helpers.loss import completion_logprobs
 from grpo_helpers.models import load_from_config
 from grpo_helpers.run_folder import (RunFolderError, RunLock, append_json_lines, existing_run, keep_lines_up_to,
@@ -109,9 +109,6 @@ class ColdStart:
                  callbacks: list[Callable[["ColdStart", dict[str, Any]], None]] | tuple = ()):
         cfg = config.cold_start
         self.accelerator = accelerator or Accelerator()
-        if zero_stage(self.accelerator) is not None:
-            raise ConfigError("the cold start does not run under DeepSpeed yet: run it on one process or under DDP "
-                              "(launch/ddp.sh) and pass its adapter as init_adapter, or set sft_steps=0")
         if cfg.sft_steps < 1:
             raise ValueError(f"sft_steps={cfg.sft_steps}: the cold start needs at least one step (0 means no cold start)")
         if not config.model.use_lora:
@@ -134,6 +131,8 @@ class ColdStart:
         # not prepared: accelerate would step it once per process per step, ending the cosine early on N ranks
         self.scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(WARMUP_STEPS, cfg.sft_steps // 10),
                                        num_training_steps=cfg.sft_steps)
+        size_deepspeed_engine(self.accelerator, micro_batch=cfg.sft_batch_size,
+                              max_grad_norm=config.train.max_grad_norm)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped_model = self.accelerator.unwrap_model(self.model)
         self.step, self.history = 0, []
@@ -161,15 +160,15 @@ class ColdStart:
 
     # ------------------------------------------------------------------ plumbing: checkpoints
     def save_checkpoint(self) -> None:
-        if self.accelerator.is_main_process:
-            save_training_checkpoint(self.output_dir, self.step, model=self.unwrapped_model, optimizer=self.optimizer,
-                                     scheduler=self.scheduler, sampler=self.sampler, keep_last=2)
-        self.accelerator.wait_for_everyone()
+        save_training_checkpoint(self.output_dir, self.step, accelerator=self.accelerator, model=self.model,
+                                 unwrapped_model=self.unwrapped_model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, sampler=self.sampler, keep_last=2)
 
     def resume(self) -> bool:
         """Continue from the newest complete cold-start checkpoint; False when there is none."""
-        step = resume_training(self.output_dir, model=self.unwrapped_model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, sampler=self.sampler, device=self.accelerator.device)
+        step = resume_training(self.output_dir, accelerator=self.accelerator, model=self.model,
+                               unwrapped_model=self.unwrapped_model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, sampler=self.sampler)
         if step is None:
             return False
         check_resume(self.output_dir, self.config, step=step, what="cold start", names=COLD_START_FIELDS,
@@ -189,13 +188,13 @@ class ColdStart:
         self.model.train()
         loss = sft_loss(self.model, input_ids, attention_mask, completion_mask)
         self.accelerator.backward(loss)
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm or 1e6)
+        grad_norm = clip_gradients(self.accelerator, self.model, self.config.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         loss = self.accelerator.reduce(loss.detach(), reduction="mean")
-        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+        return {"step": self.step, "loss": loss.item(), "grad_norm": grad_norm,
                 "learning_rate": self.scheduler.get_last_lr()[0], "tokens": int(completion_mask.sum()),
                 "time/step": time.perf_counter() - start}
 
@@ -260,8 +259,9 @@ class ColdStart:
             if (cfg.sft_save_every and self.step % cfg.sft_save_every == 0) or self.step == cfg.sft_steps:
                 self.save_checkpoint()
         bar.close()
+        weights = gathered_state_dict(self.accelerator, self.model)  # a collective under ZeRO-3: every rank
         if self.accelerator.is_main_process:
-            self.unwrapped_model.save_pretrained(self.adapter_dir)
+            self.unwrapped_model.save_pretrained(self.adapter_dir, state_dict=weights)
             self.tokenizer.save_pretrained(self.adapter_dir)
         self.accelerator.wait_for_everyone()
         return self.adapter_dir

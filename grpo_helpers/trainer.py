@@ -26,9 +26,8 @@ from transformers.trainer_utils import enable_full_determinism
 from grpo_helpers.backward import window_backward
 from grpo_helpers.batch import Batch, add_fixed_logprobs, to_batch
 from grpo_helpers.callbacks import Callback
-from grpo_helpers.checkpoint import (checkpoint_path, list_checkpoints, resume_training, save_training_checkpoint,
-                                     seed_everything)
-from grpo_helpers.config import GRPOConfig, check_strategy
+from grpo_helpers.checkpoint import list_checkpoints, resume_training, save_training_checkpoint, seed_everything
+from grpo_helpers.config import GRPOConfig, fit_strategy
 from grpo_helpers.config_history import check_resume, record_config
 from grpo_helpers.countdown.data import load_split
 from grpo_helpers.countdown.task import countdown_task
@@ -62,12 +61,13 @@ class GRPOTrainer:
         self.task = _resolve_task(reward_funcs, config)
         if reward_funcs is not None:  # the run records the weights it trains with, not the preset's
             config = config.replace(reward_weights=dict(self.task.reward_weights))
-        cfg = self.config = config
         self.callbacks = list(callbacks)
         self.accelerator = accelerator or Accelerator(
-            log_with=None if cfg.train.report_to == "none" else cfg.train.report_to, project_dir=cfg.train.output_dir)
+            log_with=None if config.train.report_to == "none" else config.train.report_to,
+            project_dir=config.train.output_dir)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
-        check_strategy(cfg, zero_stage=zero_stage(self.accelerator))  # before anything loads
+        cfg = self.config = fit_strategy(config, zero_stage=zero_stage(self.accelerator),  # before anything loads
+                                         verbose=self.accelerator.is_main_process)
         self.output_dir = Path(cfg.train.output_dir)
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:  # cuBLAS, attention and scatter kernels otherwise vary run to run on a GPU
@@ -154,14 +154,10 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Written to a temporary folder, then renamed: a kill mid-write leaves the previous checkpoint intact."""
-        weights = gathered_state_dict(self.accelerator, self.model)  # a collective under ZeRO-3: every rank
-        if self.accelerator.is_main_process:
-            save_training_checkpoint(self.output_dir, self.step, model=self.unwrapped_model, optimizer=self.optimizer,
-                                     scheduler=self.scheduler, sampler=self.sampler, generator=self.generator,
-                                     state_dict=weights, keep_last=self.config.train.keep_last,
-                                     more=self._save_run_files)
-        self.accelerator.wait_for_everyone()
-        path = checkpoint_path(self.output_dir, self.step)
+        path = save_training_checkpoint(self.output_dir, self.step, accelerator=self.accelerator, model=self.model,
+                                        unwrapped_model=self.unwrapped_model, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, sampler=self.sampler, generator=self.generator,
+                                        keep_last=self.config.train.keep_last, more=self._save_run_files)
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)
         return path
@@ -169,9 +165,9 @@ class GRPOTrainer:
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in output_dir; False when there is none. A config that
         changes what the run learns is refused (grpo_helpers/config_history.py says which settings may change)."""
-        step = resume_training(self.output_dir, model=self.unwrapped_model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, sampler=self.sampler, generator=self.generator,
-                               device=self.accelerator.device)
+        step = resume_training(self.output_dir, accelerator=self.accelerator, model=self.model,
+                               unwrapped_model=self.unwrapped_model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, sampler=self.sampler, generator=self.generator)
         if step is None:
             return False
         check_resume(self.output_dir, self.config, step=step, what="run")
@@ -188,12 +184,11 @@ class GRPOTrainer:
         """G completions per row from the current policy, scored by the task's weighted reward functions (each
         column of the rows reaches them by name, repeated across the row's group)."""
         cfg, G = self.config, self.config.rollout.group_size
-        with whole_weights(self.accelerator, self.model):
-            prompts = self.task.render_prompts(self.tokenizer, tasks)
-            rollout = generate_groups(self.unwrapped_model, self.tokenizer, prompts, group_size=G, max_new_tokens=cfg.rollout.max_new_tokens,
-                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                      top_k=cfg.rollout.top_k, generator=self.generator, fast=cfg.model.fast,
-                                      cuda_graph=cfg.rollout.cuda_graph)
+        prompts = self.task.render_prompts(self.tokenizer, tasks)
+        rollout = generate_groups(self.unwrapped_model, self.tokenizer, prompts, group_size=G,
+                                  max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                  top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, generator=self.generator,
+                                  fast=cfg.model.fast, cuda_graph=cfg.rollout.cuda_graph)
         return rollout, self.task.score(rollout.texts, tasks, repeat=G, weights=cfg.rewards.reward_weights,
                                         step=self.step + 1, time_limit=cfg.rewards.reward_time_limit,
                                         completion_lengths=rollout.lengths.tolist(),
@@ -204,13 +199,16 @@ class GRPOTrainer:
         cfg, model = self.config, self.unwrapped_model
         tasks = next(self.sampler)
         t0 = time.perf_counter()
-        rollout, scores = self._sample(tasks)
         dynamic: dict[str, float] = {}
-        if cfg.rollout.dynamic_sampling:
-            tasks, rollout, scores, dynamic = resample_flat_groups(
-                tasks, rollout, scores, budget=cfg.rollout.dynamic_sampling, sample=self._sample,
-                task_batches=self.sampler, total_over_processes=lambda n: total(self.accelerator, n),
-                pad_id=self.tokenizer.pad_token_id)
+        # under ZeRO-3 the weights are gathered once for all of the step's sampling, on every rank together (a
+        # rank with no flat group to resample still holds them while the others sample)
+        with whole_weights(self.accelerator, self.model):
+            rollout, scores = self._sample(tasks)
+            if cfg.rollout.dynamic_sampling:
+                tasks, rollout, scores, dynamic = resample_flat_groups(
+                    tasks, rollout, scores, budget=cfg.rollout.dynamic_sampling, sample=self._sample,
+                    task_batches=self.sampler, total_over_processes=lambda n: total(self.accelerator, n),
+                    pad_id=self.tokenizer.pad_token_id)
         t1 = time.perf_counter()
         batch_std = None
         if cfg.loss.scale_rewards == "batch" and self.world_size > 1:  # the std of every process's rewards, as TRL

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from datetime import timedelta
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without `pip install -e .`
@@ -133,10 +134,22 @@ def main(argv: list[str] | None = None) -> None:
                          f"--set resume true and the same settings") from None
 
 
+def make_accelerator(*, cpu: bool, timeout: float) -> Accelerator:
+    """The Accelerator for this rank. DeepSpeed on CPU processes (launch/cpu_zero2.sh, cpu_zero3.sh) needs two things
+    accelerate does not do by itself: DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu, read when DeepSpeed is first
+    imported) and a process group with the gloo backend, made before the Accelerator; without them accelerate falls
+    back to one process while DeepSpeed sees two. Everything else (DDP on CPUs or GPUs, DeepSpeed on GPUs) is plain."""
+    deadline = timedelta(seconds=timeout)
+    if cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        PartialState(backend="gloo", timeout=deadline)
+        return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=deadline)])
+    return Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=deadline)])
+
+
 def train(args: argparse.Namespace, config: GRPOConfig, own: tuple[Task, Any, Any] | None) -> None:
     """The run itself, on every rank: the cold start when the recipe has one, GRPO, the adapter and its checksum."""
-    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(),
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))])
+    accelerator = make_accelerator(cpu=args.cpu or not torch.cuda.is_available(), timeout=args.timeout)
     if accelerator.is_main_process:
         print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}, device "
               f"{accelerator.device}\n{describe(config)}", flush=True)

@@ -65,21 +65,30 @@ def test_defaults_are_valid_and_flat_names_are_unique():
     assert len(flat) == sum(len(section) for section in GRPOConfig().to_dict().values())
 
 
-@pytest.mark.parametrize("zero_stage,overrides,message", [
-    (2, dict(resume=True), "resume=True is not supported under DeepSpeed"),
-    (2, dict(grad_accum_steps=2), "grad_accum_steps=1 \\(got 2\\)"),
-    (3, dict(prompts_per_pass=1, num_prompts=2), "prompts_per_pass >= num_prompts=2 \\(got 1\\)"),
-    (3, dict(dynamic_sampling=2, prompts_per_pass=2), "dynamic_sampling=2 is not supported under DeepSpeed ZeRO-3"),
-])
-def test_settings_a_deepspeed_run_cannot_honour_are_refused_before_loading(zero_stage, overrides, message):
-    from grpo_helpers.config import check_strategy
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_deepspeed_run_refuses_accumulation_before_loading(zero_stage):
+    from grpo_helpers.config import fit_strategy
 
-    config = load_config("cpu", **{"prompts_per_pass": 2, "dynamic_sampling": 0, **overrides})
-    with pytest.raises(ConfigError, match=message):
-        check_strategy(config, zero_stage=zero_stage)
-    check_strategy(config, zero_stage=None)  # without DeepSpeed every one of these is fine
-    fine = load_config("cpu", prompts_per_pass=2, dynamic_sampling=0)
-    check_strategy(fine, zero_stage=zero_stage)
+    config = load_config("cpu", grad_accum_steps=2)
+    with pytest.raises(ConfigError, match="grad_accum_steps=2 is not supported under DeepSpeed"):
+        fit_strategy(config, zero_stage=zero_stage)
+    assert fit_strategy(config, zero_stage=None) is config  # without DeepSpeed accumulation is fine
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_deepspeed_step_is_one_backward_over_the_whole_batch(zero_stage, capsys):
+    """The engine steps inside every backward: prompts_per_pass (memory only) is raised to the batch, said once;
+    what else the run does (resume, dynamic sampling) is kept."""
+    from grpo_helpers.config import fit_strategy
+
+    config = load_config("cpu", num_prompts=4, prompts_per_pass=1, dynamic_sampling=2, resume=True)
+    fitted = fit_strategy(config, zero_stage=zero_stage)
+    assert fitted.train.prompts_per_pass == 4
+    assert (fitted.rollout.dynamic_sampling, fitted.train.resume) == (2, True)
+    assert f"DeepSpeed ZeRO-{zero_stage}: one backward per step, so prompts_per_pass=1 becomes num_prompts=4" \
+        in capsys.readouterr().out
+    assert fit_strategy(fitted, zero_stage=zero_stage, verbose=True) is fitted
+    assert capsys.readouterr().out == ""
 
 
 def test_countdown_refuses_a_reward_name_it_does_not_have():
