@@ -25,20 +25,24 @@ def accelerate_config(name: str) -> Path:
     return path
 
 
+def settings_arguments(overrides: dict[str, object] | None) -> list[str]:
+    """`--set NAME VALUE` pairs for train_grpo.py (values as YAML, as on a command line)."""
+    import yaml
+
+    return [arg for name, value in (overrides or {}).items()
+            for arg in ("--set", name, yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip())]
+
+
 def train_command(accelerate_name: str, *, config: str, overrides: dict[str, object] | None = None,
                   cpu: bool = False, timeout: float = 600.0) -> list[str]:
     """The `accelerate launch ... launch/train_grpo.py ...` command line (the same one launch/*.sh run)."""
-    import yaml
-
     accelerate = Path(sys.executable).parent / "accelerate"
     command = [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--config_file",
                str(accelerate_config(accelerate_name)), str(PROJECT_ROOT / "launch" / "train_grpo.py"),
                "--config", config, "--timeout", str(timeout)]
     if cpu:
         command.append("--cpu")
-    for name, value in (overrides or {}).items():
-        command += ["--set", name, yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()]
-    return command
+    return command + settings_arguments(overrides)
 
 
 def stream_command(command: list[str], *, cwd: str | Path = PROJECT_ROOT, env: dict[str, str] | None = None,
@@ -55,19 +59,28 @@ def stream_command(command: list[str], *, cwd: str | Path = PROJECT_ROOT, env: d
         raise subprocess.CalledProcessError(process.returncode, command, output="".join(tail))
 
 
-def memory_per_gpu_gib(num_params: float, num_gpus: int, *, trainable_fraction: float = 1.0) -> dict[str, dict]:
-    """Model-state memory per GPU (GiB) for bf16 mixed-precision AdamW under DDP and ZeRO stages 1-3.
+BF16_MIXED_ADAMW = (2, 2, 12)
+"""Bytes per parameter of (weights, gradients, optimizer state) under bf16 mixed-precision AdamW."""
+FP32_ADAMW = (4, 4, 8)
+"""The same in plain fp32 (the CPU runs): no separate master copy, Adam's two fp32 moments."""
 
-    Per trainable parameter: 2 bytes of bf16 weights, 2 of bf16 gradients, 12 of fp32 optimizer state (master copy,
-    Adam's two moments); frozen parameters (LoRA's base) hold only their 2 bytes of weights. ZeRO-1 shards the
-    optimizer state over the GPUs, ZeRO-2 also the gradients, ZeRO-3 also the weights. Activations, the KV cache
-    and temporary buffers come on top and depend on batch and sequence length.
+
+def memory_per_gpu_gib(num_params: float, num_gpus: int, *, trainable_fraction: float = 1.0,
+                       bytes_per_param: tuple[int, int, int] = BF16_MIXED_ADAMW) -> dict[str, dict]:
+    """Model-state memory per GPU (GiB) under DDP and ZeRO stages 1-3.
+
+    By default for bf16 mixed-precision AdamW: per trainable parameter 2 bytes of bf16 weights, 2 of bf16
+    gradients, 12 of fp32 optimizer state (master copy, Adam's two moments); frozen parameters (LoRA's base) hold
+    only their 2 bytes of weights. ZeRO-1 shards the optimizer state over the GPUs, ZeRO-2 also the gradients,
+    ZeRO-3 also the weights. Activations, the KV cache and temporary buffers come on top and depend on batch and
+    sequence length. `bytes_per_param` = (weights, gradients, optimizer state), e.g. FP32_ADAMW.
     """
     if num_params <= 0 or num_gpus < 1 or not 0 < trainable_fraction <= 1:
         raise ValueError(f"num_params={num_params}, num_gpus={num_gpus}, trainable_fraction={trainable_fraction}: "
                          "need num_params > 0, num_gpus >= 1 and 0 < trainable_fraction <= 1")
     trainable, n = num_params * trainable_fraction, num_gpus
-    weights, grads, optimizer = 2 * num_params, 2 * trainable, 12 * trainable
+    weight_bytes, grad_bytes, optimizer_bytes = bytes_per_param
+    weights, grads, optimizer = weight_bytes * num_params, grad_bytes * trainable, optimizer_bytes * trainable
     table = {
         "DDP": (weights, grads, optimizer),
         "ZeRO-1": (weights, grads, optimizer / n),
@@ -79,4 +92,4 @@ def memory_per_gpu_gib(num_params: float, num_gpus: int, *, trainable_fraction: 
             for name, (w, g, o) in table.items()}
 
 
-__all__ = ["accelerate_config", "train_command", "stream_command", "memory_per_gpu_gib"]
+__all__ = ["accelerate_config", "settings_arguments", "train_command", "stream_command", "memory_per_gpu_gib", "BF16_MIXED_ADAMW", "FP32_ADAMW"]

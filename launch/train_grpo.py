@@ -15,6 +15,7 @@ error).
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import importlib.util
 import os
@@ -26,16 +27,17 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, gather_object
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without `pip install -e .`
 
-from grpo_helpers.checkpoint import list_checkpoints  # noqa: E402
+from grpo_helpers.checkpoint import list_checkpoints, strategy_of  # noqa: E402
 from grpo_helpers.config import GRPOConfig, describe, load_config  # noqa: E402
 from grpo_helpers.countdown.data import load_split  # noqa: E402
 from grpo_helpers.distributed import gathered  # noqa: E402
 from grpo_helpers.doctor import Doctor  # noqa: E402
 from grpo_helpers.errors import UsageError  # noqa: E402
+from grpo_helpers.model_states import ModelStateMeter, parameter_counts, peak_memory, write_model_states  # noqa: E402
 from grpo_helpers.sft import run_cold_start  # noqa: E402
 from grpo_helpers.task import Task  # noqa: E402
 from grpo_helpers.trainer import GRPOTrainer  # noqa: E402
@@ -166,8 +168,10 @@ def train(args: argparse.Namespace, config: GRPOConfig, own: tuple[Task, Any, An
     trainer = GRPOTrainer(config, accelerator=accelerator, train_dataset=train_rows, eval_dataset=eval_rows,
                           reward_funcs=task)
     trainer.callbacks.append(Doctor())  # says each problem in the metrics when it appears; train() ends with all
+    meter = ModelStateMeter(model=trainer.model, optimizer=trainer.optimizer)
     trainer.train()
     adapter = trainer.save_adapter(Path(config.train.output_dir) / "adapter")
+    held = gather_object([{**meter.report(), **peak_memory()}])  # each rank's weights, gradients, optimizer, peaks
 
     checksums = accelerator.gather(torch.tensor([adapter_checksum(trainer.model)], dtype=torch.float64,
                                                 device=accelerator.device)).tolist()
@@ -176,6 +180,9 @@ def train(args: argparse.Namespace, config: GRPOConfig, own: tuple[Task, Any, An
         print(f"done: {trainer.step} steps in {time.perf_counter() - start:.0f} s; last reward "
               f"{last.get('reward', float('nan')):.3f}; adapter -> {adapter}", flush=True)
         print(f"trainable-weight checksum per rank: {checksums}", flush=True)
+        write_model_states(Path(config.train.output_dir) / "model_states.json", strategy=strategy_of(accelerator),
+                           counts=parameter_counts(trainer.model), ranks=held)
+        print(f"model-state bytes per rank: {json.dumps(held)}", flush=True)
         if len(set(checksums)) != 1:
             raise SystemExit(f"ranks ended with different weights: {checksums}")
     # the DDP model goes before the process group: were DDP's reducer to drop the last reference to a gloo group,

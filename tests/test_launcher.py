@@ -9,7 +9,7 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
-from grpo_helpers.launcher import (ACCELERATE_CONFIGS, accelerate_config, memory_per_gpu_gib, stream_command,
+from grpo_helpers.launcher import (ACCELERATE_CONFIGS, FP32_ADAMW, accelerate_config, memory_per_gpu_gib, stream_command,
                                    train_command)
 
 
@@ -29,7 +29,7 @@ def test_train_command_passes_overrides_as_yaml_and_names_bad_configs():
     sets = {command[i + 1]: command[i + 2] for i, arg in enumerate(command) if arg == "--set"}
     assert yaml.safe_load(sets["reward_weights"]) == {"format": 1.0}
     assert yaml.safe_load(sets["max_steps"]) == 3 and sets["output_dir"] == "runs/x"
-    with pytest.raises(ValueError, match="'zero4' does not exist: choose one of cpu_2proc, ddp"):
+    with pytest.raises(ValueError, match="'zero4' does not exist: choose one of cpu_2node, cpu_2proc, cpu_zero2, cpu_zero3, ddp"):
         accelerate_config("zero4")
 
 
@@ -52,6 +52,9 @@ def test_memory_table_follows_the_zero_formulas():
     lora = memory_per_gpu_gib(3e9, 8, trainable_fraction=0.01)
     assert lora["DDP"]["weights"] == pytest.approx(2 * 3e9 / gib)  # frozen weights still cost their bf16 bytes
     assert lora["DDP"]["optimizer"] == pytest.approx(12 * 3e7 / gib)
+    fp32 = memory_per_gpu_gib(3e9, 2, trainable_fraction=0.01, bytes_per_param=FP32_ADAMW)  # the CPU runs
+    assert fp32["ZeRO-2"]["weights"] == pytest.approx(4 * 3e9 / gib)
+    assert fp32["ZeRO-2"]["optimizer"] == pytest.approx(8 * 3e7 / 2 / gib)
     with pytest.raises(ValueError, match="num_gpus=0"):
         memory_per_gpu_gib(3e9, 0)
 

@@ -25,6 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from grpo_helpers.model_states import read_model_states
 from tiny import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +183,19 @@ def test_deepspeed_trains_as_ddp_does_to_rounding(runs, strategy):
         assert (ours[name] - weight).norm() <= 5e-4 * weight.norm(), name
     assert (out / "checkpoints" / "step-000003" / "deepspeed" / "engine").is_dir()  # DeepSpeed's own state too
 
+    # what each rank held (model_states.json, measured on the live tensors): DDP all of it, in fp32 AdamW's bytes;
+    # ZeRO-2 half the gradients, ZeRO-3 half the weights too
+    ddp, ours = (read_model_states(folder / "model_states.json") for folder in (reference, out))
+    assert (ours["parameters"], ours["trainable"]) == (ddp["parameters"], ddp["trainable"])
+    states = [{part: rank[part] for part in ("weights", "gradients", "optimizer")} for rank in ddp["ranks"]]
+    assert states[0] == {"weights": 4 * ddp["parameters"], "gradients": 4 * ddp["trainable"],
+                         "optimizer": 8 * ddp["trainable"]} == states[1]
+    assert all(rank["peak_rss"] > rank["weights"] for rank in ours["ranks"])  # the whole process, weights and all
+    for rank in ours["ranks"]:
+        assert rank["gradients"] == pytest.approx(ddp["ranks"][0]["gradients"] / 2, rel=0.01)
+        shard = 2 if strategy == "zero3" else 1
+        assert rank["weights"] == pytest.approx(ddp["ranks"][0]["weights"] / shard, rel=0.01)
+
 
 @pytest.mark.slow  # two launches of two processes each
 @pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
@@ -259,7 +273,7 @@ def test_the_cross_rank_checksum_cannot_pass_on_empty_shards():
     import torch
 
     model = torch.nn.Linear(3, 2)
-    assert module.adapter_checksum(model) == pytest.approx(float(sum(p.double().sum() for p in model.parameters())))
+    assert module.adapter_checksum(model) == pytest.approx(float(sum(p.detach().double().sum() for p in model.parameters())))
     model.weight = torch.nn.Parameter(torch.empty(0))  # what a ZeRO-3 shard looks like outside a gather
     with pytest.raises(RuntimeError, match="empty"):
         module.adapter_checksum(model)
