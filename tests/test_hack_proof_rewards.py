@@ -1,16 +1,18 @@
 """The reward-hack property: under the CPU recipe's weights a task-independent answer earns (almost) nothing, a
-correct well-formed answer earns the maximum. The seed's shaped weights pay a fixed answer 40 % (the hack)."""
+correct well-formed answer earns the maximum. The seed's shaped weights pay a fixed answer 40 % (the hack).
+Words and length pay nothing: corrections, re-checks and padding never raise a wrong answer's reward."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from grpo_helpers.countdown import data
 from grpo_helpers.config import PRESETS
 from grpo_helpers.countdown.rewards import (
-    GROUNDED_WEIGHTS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, closeness_reward, grounded_format_reward, score_completions,
+    GROUNDED_WEIGHTS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, closeness_reward, evaluate_expression, expression_numbers,
+    grounded_format_reward, score_completions,
 )
 
 TIERS = ("2x10", "2x20", "3x20", "3x99", "4x99")
@@ -176,3 +178,98 @@ def test_grounded_rewards_never_raise_on_junk(completion, nums, target):
         assert len(got) == 1 and isinstance(got[0], float) and 0.0 <= got[0] <= 1.0
     total = score_completions([completion], nums=[nums], target=[target], weights=GROUNDED_WEIGHTS).total[0]
     assert 0.0 <= total <= sum(GROUNDED_WEIGHTS.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Words and length pay nothing: traces that catch their own slips teach "Wait," and "Check:", so a policy could learn
+# to write them (or just to write more) for reward instead of answering right. No reward may pay for them.
+
+CORRECTIONS = ("Wait,", "Wait, that leaves 7 unused.", "Let me check.", "Let me check again:", "Actually,", "Aha!",
+               "Hmm, that is wrong.", "I made a mistake.", "Double-check:", "Verified \u2713", "Correct!", "Found it.")
+FILLER = ("", " ", "\n", "Let me think step by step.", "Okay.", "...")
+TASK_INDEPENDENT = (data.EXAMPLE_ANSWER, "(5 + 7) * 2", "1", "")  # and the target alone, and the target + 0
+NO_ANSWER = ("\n</think>\n", "\n</think>", "")  # the answer left out, or the completion cut before it
+
+
+def solves(answer: str, nums: list[int], target: int) -> bool:
+    """The game's rule, from the verifier's parts (not the reward under test)."""
+    return sorted(expression_numbers(answer) or []) == sorted(nums) and evaluate_expression(answer) == target
+
+
+@st.composite
+def steps(draw, nums: list[int], target: int, *, honest: bool) -> str:
+    """One step on two of the task's numbers: an honest trace line, or a re-check whose claim may be false."""
+    a, b, op = draw(st.sampled_from(nums)), draw(st.sampled_from(nums)), draw(st.sampled_from("+-*/"))
+    value = evaluate_expression(f"{a} {op} {b}")
+    shown = "undefined" if value is None else str(value)
+    if honest:
+        return f"{a} {op} {b} = {shown}, not {target}."
+    claim = draw(st.sampled_from([shown, str(target), str(draw(st.integers(0, 999)))]))
+    step = f"{a} {op} {b}"
+    return draw(st.sampled_from([f"Check: {step} = {shown}, not {claim}.", f"Verify: {step} = {claim} \u2713",
+                                 f"{step} = {claim}. Found it.", f"Aha! {step} = {claim}, so {target}."]))
+
+
+@st.composite
+def stuffed_completions(draw, *, padding: bool) -> tuple[list[int], int, str, str]:
+    """(nums, target, stuffed, plain): a completion ending in a wrong answer built from the task's numbers, a
+    task-independent answer or no answer, with many (repeated) pieces inserted into its reasoning and after it,
+    and the same completion without them. The pieces are correction words and re-check lines, true or false, or,
+    with `padding`, filler and honest lines: length alone, ending in a wrong answer."""
+    nums = draw(st.lists(st.integers(1, 99), min_size=2, max_size=4))
+    target = draw(st.integers(1, 100))
+    kind = "wrong" if padding else draw(st.sampled_from(["wrong", "task-independent", "none"]))
+    if kind == "wrong":
+        order = draw(st.permutations(nums))
+        answer = str(order[0])
+        for n in order[1:]:
+            op = draw(st.sampled_from("+-*/"))
+            answer = draw(st.sampled_from([f"{answer} {op} {n}", f"({answer}) {op} {n}", f"{n} {op} ({answer})"]))
+    elif kind == "task-independent":
+        answer = draw(st.sampled_from([*TASK_INDEPENDENT, str(target), f"{target} + 0"]))
+    else:
+        answer = None
+    assume(answer is None or not solves(answer, nums, target))
+    plain_lines = draw(st.lists(steps(nums, target, honest=True), max_size=4))
+    if padding:
+        piece = st.one_of(st.sampled_from(FILLER), steps(nums, target, honest=True))
+    else:
+        verify = [] if answer is None else [f"Verify: {answer} = {target} \u2713", f"So the answer is {answer}."]
+        piece = st.one_of(st.sampled_from([*CORRECTIONS, *verify]), steps(nums, target, honest=False))
+    pieces = draw(st.lists(piece, min_size=1, max_size=5)) * draw(st.integers(1, 40))
+    inside = draw(st.integers(0, len(pieces)))  # the rest goes after the answer
+    rng = draw(st.randoms(use_true_random=False))
+    lines = list(plain_lines)
+    for text in pieces[:inside]:
+        lines.insert(rng.randint(0, len(lines)), text)
+    ending = draw(st.sampled_from(NO_ANSWER)) if answer is None else f"\n</think>\n<answer>{answer}</answer>"
+    after = "".join(f"\n{text}" for text in pieces[inside:])
+    return nums, target, " " + "\n".join(lines) + ending + after, " " + "\n".join(plain_lines) + ending
+
+
+def assert_pays_nothing(more: str, plain: str, *, nums: list[int], target: int) -> None:
+    """Every reward function, and the CPU preset's weighted total, gives `more` at most what it gives `plain`, and
+    neither solves the task. (Token counts for the overlong penalty are word counts here: more text, more tokens.)"""
+    columns = {"nums": [nums] * 2, "target": [target] * 2, "max_completion_length": 160,
+               "completion_lengths": [len(more.split()), len(plain.split())]}
+    for name, function in REWARD_FUNCTIONS.items():
+        got, without = function([more, plain], **columns)
+        assert got <= without, f"{name} pays {got} with the words, {without} without: {more!r}"
+    got, without = score_completions([more, plain], nums=columns["nums"], target=columns["target"],
+                                     weights=PRESETS["cpu"]["reward_weights"]).total
+    assert got <= without, f"the CPU recipe pays {got} with the words, {without} without: {more!r}"
+    assert REWARD_FUNCTIONS["equation"]([more, plain], **columns) == [0.0, 0.0]
+
+
+@settings(max_examples=300, deadline=1000)  # the deadline is a hang guard
+@given(case=stuffed_completions(padding=False))
+def test_correction_words_and_rechecks_pay_nothing(case):
+    nums, target, stuffed, plain = case
+    assert_pays_nothing(stuffed, plain, nums=nums, target=target)
+
+
+@settings(max_examples=200, deadline=1000)
+@given(case=stuffed_completions(padding=True))
+def test_length_alone_pays_nothing(case):
+    nums, target, padded, short = case
+    assert_pays_nothing(padded, short, nums=nums, target=target)
