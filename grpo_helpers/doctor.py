@@ -25,6 +25,7 @@ from grpo_helpers.run_folder import read_json_lines
 WINDOW = 5  # recent steps a rule averages over
 TOO_SHORT = "too_short"  # the note on a history shorter than WINDOW
 GRAD_GROWTH, GRAD_FLOOR, GRAD_CEILING = 10.0, 10.0, 1000.0  # the exploding-gradients rule's bounds (see the rule)
+DECLINE_ABSOLUTE, DECLINE_RELATIVE = 0.15, 1 / 3  # how far training accuracy must fall from its best (see the rule)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,27 @@ def _reward_without_accuracy(history, window, completions) -> Finding | None:
                    "(countdown.rewards.GROUNDED_WEIGHTS); judge by held-out accuracy, not reward")
 
 
+def _accuracy_declined(history, window) -> Finding | None:
+    """Training accuracy (the judge on the training rows, `hack/accuracy`) that fell from its best: means over
+    `window` steps, so one step's noise counts for little (16 completions a step: sd ~0.12; over 5 steps ~0.05), and
+    a fall of DECLINE_ABSOLUTE and a third of the best. A run that peaks and declines keeps its best policy only in
+    a checkpoint from around the peak."""
+    rows = [row for row in history if isinstance(row.get("hack/accuracy"), (int, float))]
+    if len(rows) < 2 * window:
+        return None
+    means = [_mean(rows[i:i + window], "hack/accuracy") for i in range(len(rows) - window + 1)]
+    best = max(range(len(means)), key=means.__getitem__)
+    fall = means[best] - means[-1]
+    if fall < max(DECLINE_ABSOLUTE, DECLINE_RELATIVE * means[best]):
+        return None
+    return Finding("accuracy_declined", "problem", "Training accuracy fell from its best: the policy got worse at the "
+                   "task after it had learned some of it.",
+                   f"training accuracy (mean of {window} steps) {means[best]:.2f} at steps {rows[best]['step']}-"
+                   f"{rows[best + window - 1]['step']} -> {means[-1]:.2f} over the last {window}",
+                   "evaluate held-out often enough to see the peak (eval_every) and keep a checkpoint from it "
+                   "(save_every); then a lower lr, more prompts per step (num_prompts), or beta > 0; watch entropy")
+
+
 def _loss_near_zero(history, window) -> Finding | None:
     recent = history[-window:]
     loss, grad = _mean(recent, "loss"), _mean(recent, "grad_norm")
@@ -214,7 +236,8 @@ def diagnose(history: list[dict[str, Any]], *, completions: list[dict[str, Any]]
         raise ValueError(f"window={window!r} is not allowed: an integer >= 1")
     found = [_no_signal(history, window), _truncated(history, window), _entropy_collapse(history, window),
              _exploding_gradients(history, window), _kl_or_clipping(history, window),
-             _reward_without_accuracy(history, window, completions), _loss_near_zero(history, window),
+             _reward_without_accuracy(history, window, completions), _accuracy_declined(history, window),
+             _loss_near_zero(history, window),
              _throughput(history, window), _too_short(history, window)]
     return [finding for finding in found if finding is not None]
 

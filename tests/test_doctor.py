@@ -44,6 +44,7 @@ def test_a_healthy_run_gets_a_clean_bill():
     ("throughput_collapse", {"tokens_per_sec": lambda i: 120.0 if i <= 6 else 40.0}),
     ("exploding_gradients", {"grad_norm": lambda i: 0.4 if i <= 6 else 12.0}),  # 30x, above the floor of 10
     ("exploding_gradients", {"grad_norm": 2000.0}),  # flat, but no healthy run has such norms
+    ("accuracy_declined", {"hack/accuracy": lambda i: 0.4 if i <= 6 else 0.12}),  # issue 30's run: ~0.4, then 0.12
 ])
 def test_each_rule_fires_on_its_problem(rule, changes):
     findings = diagnose(healthy(**changes))
@@ -64,6 +65,10 @@ def test_each_rule_fires_on_its_problem(rule, changes):
     {"grad_norm": lambda i: 0.01 if i <= 6 else 0.5},  # from almost no signal to ordinary sizes: 50x, no blow-up
     {"grad_norm": lambda i: 5000.0 if i in (3, 10) else 0.4},  # one spiky step at each end: the medians ignore it
     {"grad_norm": None},  # not logged
+    # (reward flat in these three, so that the reward-hacking rule has nothing to say about the accuracy)
+    {"reward": 0.4, "hack/accuracy": lambda i: 0.3 + (0.12 if i % 2 else -0.12)},  # one step's noise: flat means
+    {"reward": 0.4, "hack/accuracy": lambda i: 0.4 if i <= 6 else 0.32},  # a small fall (0.08) is within noise
+    {"reward": 0.4, "hack/accuracy": lambda i: 0.1 if i <= 6 else 0.04},  # from a best of 0.1: little to lose
 ])
 def test_rules_stay_silent_where_nothing_is_wrong(changes):
     assert rules(healthy(**changes)) == set()
@@ -83,6 +88,14 @@ def test_a_six_step_blow_up_is_named_with_its_numbers():
     assert "lower lr" in exploding.advice
     calm = {"grad_norm": 0.9, "entropy": 0.9, "completions/clipped_ratio": 0.05}  # the same 6 steps, healthy
     assert rules(healthy(steps=6, **calm)) == set()
+
+
+def test_the_decline_is_named_with_where_the_best_was():
+    finding = next(f for f in diagnose(healthy(steps=16, **{"hack/accuracy": lambda i: [0.2, 0.3, 0.4, 0.45, 0.5, 0.45,
+                                                                                         0.4, 0.3, 0.2, 0.15, 0.1,
+                                                                                         0.1, 0.1, 0.1, 0.1, 0.1][i - 1]}))
+                   if f.rule == "accuracy_declined")
+    assert finding.evidence == "training accuracy (mean of 5 steps) 0.44 at steps 3-7 -> 0.10 over the last 5"
 
 
 @pytest.mark.parametrize("steps", [0, 1, 2, 4])
