@@ -20,6 +20,8 @@ from transformers import DynamicCache
 from grpo_helpers.checks import require_choice, require_int
 from grpo_helpers.config import IMPORTANCE_LEVELS, LOSS_TYPES, REWARD_SCALES
 
+WINDOW_NORMALISED = ("dapo", "cispo")  # loss types whose loss divides by the whole window's tokens
+
 
 def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4,
                      batch_std: float | None = None) -> Tensor:
@@ -202,10 +204,11 @@ def _rows_hidden(model, prompt_out: list[Tensor], prompt_mask: Tensor, completio
 
 
 def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                              completion_mask: Tensor, group_size: int, loss_fn, *, rows_per_pass: int = 1,
+                              completion_mask: Tensor, group_size: int, loss_fn, *, completions_per_pass: int = 1,
                               backward=Tensor.backward, chunk_size: int = 128, temperature: float = 1.0,
                               return_entropy: bool = False):
-    """Forward and backward of a loss of the B*G completions' log-probs, `rows_per_pass` completions at a time.
+    """Forward and backward of a loss of the B*G completions' log-probs, `completions_per_pass` completions at a
+    time.
 
     Activation memory is what training on a CPU runs out of first: scoring a whole group keeps every layer's
     activations for the prompt and all G completions until the backward. Here the prompts run once without a
@@ -213,7 +216,7 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
     `grouped_completion_logprobs`), and each pass's backward leaves its gradient on them. Last, the prompts run
     again with a graph, one prompt at a time, and receive those gradients: gradient checkpointing of the prompt,
     by hand, because transformers turns the key/value cache off under its own checkpointing. Peak activations:
-    one prompt or `rows_per_pass` completions, whichever is larger. Cost: one extra forward of the prompts.
+    one prompt or `completions_per_pass` completions, whichever is larger. Cost: one extra forward of the prompts.
 
     `loss_fn(logps, rows)` gets the log-probs (r, C) of completions `rows` (a slice of the B*G rows) and returns
     their scalar share of the loss; `backward` is called on it (pass `accelerator.backward`). The gradient equals
@@ -225,8 +228,8 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
     here goes through the unwrapped model.
     """
     _check_groups(prompt_ids, prompt_mask, completion_ids, completion_mask, group_size, temperature)
-    if not isinstance(rows_per_pass, int) or rows_per_pass < 1:
-        raise ValueError(f"rows_per_pass={rows_per_pass!r} is not allowed: an integer >= 1")
+    if not isinstance(completions_per_pass, int) or completions_per_pass < 1:
+        raise ValueError(f"completions_per_pass={completions_per_pass!r} is not allowed: an integer >= 1")
     inner = getattr(model, "module", model)  # under DDP, the prompt passes bypass the wrapper
     devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
     prompts = [slice(i, i + 1) for i in range(prompt_ids.shape[0])]  # one prompt's graph at a time
@@ -238,8 +241,8 @@ def grouped_logprobs_backward(model, prompt_ids: Tensor, prompt_mask: Tensor, co
     leaves = [torch.cat(parts).requires_grad_() for parts in zip(*outputs)]  # (B, ...) each
     del outputs
     n_rows, logps, entropies = completion_ids.shape[0], [], []
-    for start in range(0, n_rows, rows_per_pass):
-        rows = slice(start, min(start + rows_per_pass, n_rows))
+    for start in range(0, n_rows, completions_per_pass):
+        rows = slice(start, min(start + completions_per_pass, n_rows))
         hidden = _rows_hidden(model, leaves, prompt_mask, completion_ids, completion_mask, group_size, rows)
         piece = _head_logps(model, hidden, completion_ids[rows], chunk_size, temperature, return_entropy)
         if return_entropy:
@@ -359,6 +362,14 @@ def grpo_loss(logps: Tensor, *, old_logps: Tensor | None, ref_logps: Tensor | No
     return loss, _loss_stats(ratio.expand_as(logps), adv, mask, kl, entropy, *bounds)
 
 
+def window_share(loss_type: str, *, batches: int) -> float:
+    """What one batch's loss is multiplied by to make its share of a window of `batches` accumulated batches.
+
+    dapo and cispo divide by the whole window's tokens already (num_items_in_window); the per-batch means and sums
+    of grpo, bnpo and dr_grpo are averaged over the batches."""
+    return 1.0 if loss_type in WINDOW_NORMALISED else 1.0 / batches
+
+
 @torch.no_grad()
 def _loss_stats(ratio: Tensor, adv: Tensor, mask: Tensor, kl: Tensor | None, entropy: Tensor | None,
                 low_bound: float | None, high_bound: float) -> dict[str, float]:
@@ -387,4 +398,4 @@ def _loss_stats(ratio: Tensor, adv: Tensor, mask: Tensor, kl: Tensor | None, ent
 
 
 __all__ = ["group_advantages", "completion_logprobs", "grouped_completion_logprobs", "grouped_logprobs_backward",
-           "naive_completion_logprobs", "grpo_loss"]
+           "naive_completion_logprobs", "grpo_loss", "window_share"]

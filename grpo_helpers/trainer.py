@@ -1,9 +1,10 @@
 """The GRPO training loop: rollout -> rewards -> advantages -> reference -> loss -> optimizer step -> metrics.
 
-One loop on `accelerate`, so the same code runs on a CPU, one GPU or several processes. The pieces it calls each
-live in one place: the task (prompts, rewards, judge) in task.py, sampling in rollout.py, the loss in loss.py, the
-memory-saving backward in backward.py, checkpoints in checkpoint.py, the logged metrics in metrics.py, what several
-processes change in distributed.py. Everything a run needs to continue exactly after a crash is checkpointed atomically; metrics and
+One loop on `accelerate`, so the same code runs on a CPU, one GPU or several processes. The update itself is on one
+screen in `optimize`: log-probs, `grpo_loss`, backward, clip, step. The pieces it calls each live in one place: the
+task (prompts, rewards, judge) in task.py, sampling in rollout.py, the objective in loss.py, log-probs in
+logprobs.py, the memory-lean backward (`memory_lean: true`) in backward.py, checkpoints in checkpoint.py, the logged
+metrics in metrics.py, what several processes change in distributed.py. Everything a run needs to continue exactly after a crash is checkpointed atomically; metrics and
 sampled completions are appended as JSON lines that survive a kill.
 """
 
@@ -13,6 +14,7 @@ import copy
 import json
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dic
 from grpo_helpers.doctor import Finding, diagnose, report
 from grpo_helpers.dynamic_sampling import resample_flat_groups
 from grpo_helpers.inference import evaluate_tiers, tier_metrics
-from grpo_helpers.loss import grpo_loss
+from grpo_helpers.loss import completion_logprobs, grpo_loss, window_share
 from grpo_helpers.metrics import completion_rows, step_metrics
 from grpo_helpers.models import load_from_config, release_freed_memory
 from grpo_helpers.monitor import hack_warning
@@ -218,7 +220,8 @@ class GRPOTrainer:
         batch = to_batch(rollout, scores, tasks, scale_rewards=cfg.loss.scale_rewards, batch_std=batch_std,
                          dynamic=dynamic, mask_truncated=cfg.loss.mask_truncated_completions)
         add_fixed_logprobs(batch, model, reference=self.ref_model, temperature=cfg.rollout.temperature,
-                           reference_needed=cfg.loss.beta > 0, old_needed=cfg.loss.num_iterations > 1)
+                           reference_needed=cfg.loss.beta > 0, old_needed=cfg.loss.num_iterations > 1,
+                           lean=cfg.train.memory_lean)
         t2 = time.perf_counter()
         timing = {"time/generation": t1 - t0 - sum(scores.seconds.values()), "time/reference": t2 - t1,
                   **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
@@ -238,27 +241,37 @@ class GRPOTrainer:
     def optimize(self, batches: list[Batch], *, update: bool = True) -> dict[str, float]:
         """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass); with
         update=False one pass whose gradients are measured and dropped, leaving the model as it was."""
-        cfg = self.config
+        cfg, accelerator, model = self.config, self.accelerator, self.model
         # at least 1: with every completion masked (all truncated) the loss is 0, not 0 / 0
-        window_tokens = max(1, int(total(self.accelerator, sum(int(b.scored.sum()) for b in batches))))
-        self.model.train()
+        window_tokens = max(1, int(total(accelerator, sum(int(b.scored.sum()) for b in batches))))
+        loss_fn = partial(self._loss, window_tokens=window_tokens)
+        model.train()
         passes = []
-
-        def loss_fn(logps: torch.Tensor, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
-            return self._loss(logps, batch, window_tokens, **kwargs)
-
         for _ in range(cfg.loss.num_iterations if update else 1):
-            stats = window_backward(self.model, batches, loss_fn,
-                                    accelerator=self.accelerator, loss_type=cfg.loss.loss_type,
-                                    prompts_per_pass=cfg.train.prompts_per_pass,
-                                    rows_per_pass=cfg.train.completions_per_pass,
-                                    temperature=cfg.rollout.temperature, check_finite=self._check_finite)
-            grad_norm = clip_gradients(self.accelerator, self.model, cfg.train.max_grad_norm)
+            if cfg.train.memory_lean:  # the same gradients, a few completions at a time (grpo_helpers/backward.py)
+                per_batch = window_backward(model, batches, loss_fn, accelerator=accelerator,
+                                            loss_type=cfg.loss.loss_type, prompts_per_pass=cfg.train.prompts_per_pass,
+                                            completions_per_pass=cfg.train.completions_per_pass,
+                                            temperature=cfg.rollout.temperature, check_finite=self._check_finite)
+            else:
+                per_batch = []
+                share = window_share(cfg.loss.loss_type, batches=len(batches))  # of the window's loss
+                for number, batch in enumerate(batches):  # gradient accumulation: the batches' gradients add up
+                    last = number == len(batches) - 1  # several processes: average the gradients once, at the end
+                    with nullcontext() if last else accelerator.no_sync(model):
+                        logps, entropy = completion_logprobs(
+                            model, batch.input_ids, batch.attention_mask, batch.rollout.completion_ids.shape[1],
+                            temperature=cfg.rollout.temperature, return_entropy=True)  # (B*G, C) each
+                        loss, stats = loss_fn(logps, batch, entropy=entropy)
+                        self._check_finite(loss)
+                        accelerator.backward(loss * share)  # under DeepSpeed: its backward, then its step
+                    per_batch.append({"loss": loss.item() * share, **stats})
+            grad_norm = clip_gradients(accelerator, model, cfg.train.max_grad_norm)
             if update:
                 self.optimizer.step()
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            passes.append(stats)
+            passes.append(_window_stats(per_batch))
         return {**{key: sum(p[key] for p in passes) / len(passes) for key in passes[0]}, "grad_norm": grad_norm}
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -387,6 +400,11 @@ class GRPOTrainer:
             self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path
+
+
+def _window_stats(per_batch: list[dict[str, float]]) -> dict[str, float]:
+    """A window's stats from its batches': the loss is the sum of their shares, every other value their mean."""
+    return {key: sum(b[key] for b in per_batch) / (1 if key == "loss" else len(per_batch)) for key in per_batch[0]}
 
 
 def _resolve_task(reward_funcs: Task | list[RewardFunction] | dict[str, RewardFunction] | None,

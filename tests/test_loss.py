@@ -404,8 +404,8 @@ def _weighted_share(weights: torch.Tensor, mask: torch.Tensor):
     return lambda logps, rows: (logps * weights[rows] * mask[rows]).sum()
 
 
-@pytest.mark.parametrize("rows_per_pass", [1, 2, 4, 6])
-def test_logprobs_backward_in_small_passes_equals_one_pass(tokenizer, rows_per_pass):
+@pytest.mark.parametrize("completions_per_pass", [1, 2, 4, 6])
+def test_logprobs_backward_in_small_passes_equals_one_pass(tokenizer, completions_per_pass):
     """Scoring a few completions at a time, prompt recomputed at the end, gives the one-pass values and gradients."""
     model, r = _groups(tokenizer)
     r.completion_mask[1, 4:] = 0
@@ -422,10 +422,10 @@ def test_logprobs_backward_in_small_passes_equals_one_pass(tokenizer, rows_per_p
         return _weighted_share(weights, real)(logps, rows)
 
     logps = grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
-                                      r.group_size, share, rows_per_pass=rows_per_pass, chunk_size=5,
+                                      r.group_size, share, completions_per_pass=completions_per_pass, chunk_size=5,
                                       temperature=0.7)
     n = r.completion_ids.shape[0]
-    assert calls == [(s, min(s + rows_per_pass, n)) for s in range(0, n, rows_per_pass)]
+    assert calls == [(s, min(s + completions_per_pass, n)) for s in range(0, n, completions_per_pass)]
     assert not logps.requires_grad
     assert (logps - whole.detach())[real.bool()].abs().max() < 1e-5
     grads = [p.grad for p in params]
@@ -446,7 +446,7 @@ def test_logprobs_backward_returns_the_entropy_of_the_full_forward(tokenizer):
         for p in params:
             p.grad = None
         out = grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
-                                        r.group_size, _weighted_share(weights, real.float()), rows_per_pass=3,
+                                        r.group_size, _weighted_share(weights, real.float()), completions_per_pass=3,
                                         chunk_size=5, temperature=0.7, return_entropy=return_entropy)
         runs.append((out, [p.grad.clone() for p in params]))
     (plain, plain_grads), ((logps, entropy), grads) = runs
@@ -492,16 +492,16 @@ def test_logprobs_backward_replays_the_prompts_dropout(tokenizer):
     reference_grads = torch.autograd.grad(_weighted_share(weights, real)(reference, slice(None)), params)
     torch.manual_seed(5)
     logps = grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
-                                      r.group_size, _weighted_share(weights, real), rows_per_pass=6, chunk_size=5)
+                                      r.group_size, _weighted_share(weights, real), completions_per_pass=6, chunk_size=5)
     assert (logps - reference.detach()).abs().max() < 1e-5
     assert max((p.grad - g).abs().max().item() for p, g in zip(params, reference_grads)) < 1e-5
 
 
 def test_logprobs_backward_errors(tokenizer):
     model, r = _groups(tokenizer)
-    with pytest.raises(ValueError, match="rows_per_pass=0"):
+    with pytest.raises(ValueError, match="completions_per_pass=0"):
         grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 3,
-                                  lambda logps, rows: logps.sum(), rows_per_pass=0)
+                                  lambda logps, rows: logps.sum(), completions_per_pass=0)
     with pytest.raises(ValueError, match=r"\(2\*4, C\)"):
         grouped_logprobs_backward(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 4,
                                   lambda logps, rows: logps.sum())

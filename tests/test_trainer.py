@@ -221,29 +221,32 @@ def _gradients_of_one_update(trainer, batch):
     return captured, trainer.optimize([batch])
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_one_prompt_per_pass_gives_the_whole_batch_gradient(tokenizer, length_reward, tmp_path, loss_type):
-    """Cutting the batch into prompt groups and completions saves memory only: same gradient, same logged loss,
-    for every loss; and both equal the one-backward path (taken under HF gradient checkpointing or DeepSpeed)."""
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo"])
+def test_memory_lean_passes_give_the_plain_gradient(tokenizer, length_reward, tmp_path, loss_type):
+    """The memory-lean backward (the batch cut into prompt groups and completions) saves memory only: the plain
+    path's gradient and logged loss, for every loss; so does its one-backward-per-piece path (taken under HF
+    gradient checkpointing or DeepSpeed)."""
     settings = dict(num_prompts=3, beta=0.04, loss_type=loss_type, max_grad_norm=0.0)
+    plain = make_trainer(tokenizer, tmp_path / "plain", memory_lean=False, **settings)
     whole = make_trainer(tokenizer, tmp_path / "whole", prompts_per_pass=3, completions_per_pass=100, **settings)
     split = make_trainer(tokenizer, tmp_path / "split", prompts_per_pass=1, completions_per_pass=1, **settings)
     pairs = make_trainer(tokenizer, tmp_path / "pairs", prompts_per_pass=2, completions_per_pass=3, **settings)
-    one_backward = make_trainer(tokenizer, tmp_path / "one", prompts_per_pass=3, **settings)
+    one_backward = make_trainer(tokenizer, tmp_path / "one", prompts_per_pass=2, **settings)
     one_backward.model.gradient_checkpointing_enable()
-    for trainer in (whole, split, pairs, one_backward):  # the same non-zero adapter: policy differs from reference
+    assert all(t.config.train.memory_lean for t in (whole, split, pairs, one_backward))
+    for trainer in (plain, whole, split, pairs, one_backward):  # the same non-zero adapter: policy differs from reference
         torch.manual_seed(5)
         with torch.no_grad():
             for name, param in trainer.model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.3)
-    batch, _ = whole.make_batch()
+    batch, _ = plain.make_batch()
     for row in range(batch.rollout.completion_mask.shape[0]):  # as if row i stopped early: lengths differ
         batch.rollout.completion_mask[row, 2 + row % 5:] = 0
-    expected, expected_stats = _gradients_of_one_update(whole, batch)
+    expected, expected_stats = _gradients_of_one_update(plain, batch)
     assert any(g.abs().sum() > 0 for g in expected.values())
     assert expected_stats["kl"] > 0 and expected_stats["entropy"] > 0
-    for trainer in (split, pairs, one_backward):
+    for trainer in (whole, split, pairs, one_backward):
         got, got_stats = _gradients_of_one_update(trainer, batch)
         assert expected.keys() == got.keys() and expected
         for name in expected:
@@ -282,16 +285,17 @@ def test_the_run_records_the_split_it_actually_used(tokenizer, length_reward, tm
     assert split_digest(TASKS[:31], TASKS[31:])["sha256"] != expected["sha256"]
 
 
+@pytest.mark.parametrize("memory_lean", [False, True])
 @pytest.mark.parametrize("accum,iterations", [(2, 1), (1, 2), (2, 2)])
 def test_accumulation_and_several_passes_match_a_plain_reference(tokenizer, length_reward, tmp_path, accum,
-                                                                 iterations):
+                                                                 iterations, memory_lean):
     """grad_accum_steps batches summed into one optimizer step, and num_iterations steps on one rollout window:
-    the trainer's gradients (through its memory-saving small passes) at every optimizer step equal a plain
+    the trainer's gradients (plain, or through its memory-lean small passes) at every optimizer step equal a
     whole-batch backward of the same loss at the same weights, and it takes exactly num_iterations steps."""
     from grpo_helpers.loss import grpo_loss
 
     trainer = make_trainer(tokenizer, tmp_path, loss_type="grpo", grad_accum_steps=accum, num_iterations=iterations,
-                           max_grad_norm=0.0, beta=0.04)
+                           max_grad_norm=0.0, beta=0.04, memory_lean=memory_lean)
     batches = [trainer.make_batch()[0] for _ in range(accum)]
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     seen = []  # per optimizer step: (weights before it, gradients it applied)
