@@ -19,7 +19,8 @@ from accelerate import Accelerator
 
 from grpo_helpers.batch import Batch, batch_logprobs, hf_checkpointing, pieces, select
 from grpo_helpers.distributed import average_gradients, zero_stage
-from grpo_helpers.loss import WINDOW_NORMALISED, grouped_logprobs_backward, window_share
+from grpo_helpers.logprobs import grouped_logprobs_backward
+from grpo_helpers.loss import WINDOW_NORMALISED, window_share
 
 # (log-probs, batch, entropy=None) -> loss, stats; the entropy (same shape as the log-probs) only feeds the stats
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]

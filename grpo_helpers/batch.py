@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo_helpers.loss import completion_logprobs, group_advantages, grouped_completion_logprobs
+from grpo_helpers.logprobs import completion_logprobs, grouped_completion_logprobs
+from grpo_helpers.loss import group_advantages
 from grpo_helpers.scoring import RewardBreakdown
 from grpo_helpers.rollout import Rollout, sampling_mode
 

@@ -23,9 +23,8 @@ from transformers import Cache, DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from grpo_helpers.distributed import zero3_sharded
-from grpo_helpers.loss import position_ids_from_mask
-from grpo_helpers.models import bf16_is_fast, release_freed_memory
-from grpo_helpers.rollout import PlainDecoding
+from grpo_helpers.decoding import PlainDecoding, position_ids_from_mask
+from grpo_helpers.hardware import bf16_is_fast, release_freed_memory
 
 
 # ---------------------------------------------------------------------------------------------- decoding

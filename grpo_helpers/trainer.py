@@ -39,9 +39,11 @@ from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dic
 from grpo_helpers.doctor import Finding, diagnose, report
 from grpo_helpers.dynamic_sampling import resample_flat_groups
 from grpo_helpers.inference import evaluate_tiers, tier_metrics
-from grpo_helpers.loss import completion_logprobs, grpo_loss, window_share
+from grpo_helpers.logprobs import completion_logprobs
+from grpo_helpers.loss import grpo_loss, window_share
 from grpo_helpers.metrics import completion_rows, step_metrics
-from grpo_helpers.models import load_from_config, release_freed_memory
+from grpo_helpers.hardware import release_freed_memory
+from grpo_helpers.models import load_from_config
 from grpo_helpers.monitor import hack_warning
 from grpo_helpers.rollout import Rollout, generate_groups
 from grpo_helpers.run_folder import LOG_FILES, append_json_lines, claim_run_folder, keep_lines_up_to, read_json_lines
@@ -203,7 +205,7 @@ class GRPOTrainer:
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
-        cfg, model = self.config, self.unwrapped_model
+        cfg = self.config
         tasks = next(self.sampler)
         t0 = time.perf_counter()
         rollout, scores = self._sample(tasks)
@@ -214,18 +216,26 @@ class GRPOTrainer:
                 task_batches=self.sampler, total_over_processes=lambda n: total(self.accelerator, n),
                 pad_id=self.tokenizer.pad_token_id)
         t1 = time.perf_counter()
+        batch = self.prepare_batch(tasks, rollout, scores, dynamic=dynamic)
+        t2 = time.perf_counter()
+        timing = {"time/generation": t1 - t0 - sum(scores.seconds.values()), "time/reference": t2 - t1,
+                  **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
+        return batch, timing
+
+    def prepare_batch(self, tasks: list[dict], rollout: Rollout, scores: RewardBreakdown, *,
+                      dynamic: dict[str, float] | None = None) -> Batch:
+        """A scored rollout with everything the loss needs that has no gradient: the advantages, and the reference's
+        and the sampling policy's log-probs when the loss uses them."""
+        cfg = self.config
         batch_std = None
         if cfg.loss.scale_rewards == "batch" and self.world_size > 1:  # the std of every process's rewards, as TRL
             batch_std = float(gather(self.accelerator, torch.tensor(scores.total)).std())
         batch = to_batch(rollout, scores, tasks, scale_rewards=cfg.loss.scale_rewards, batch_std=batch_std,
                          dynamic=dynamic, mask_truncated=cfg.loss.mask_truncated_completions)
-        add_fixed_logprobs(batch, model, reference=self.ref_model, temperature=cfg.rollout.temperature,
+        add_fixed_logprobs(batch, self.unwrapped_model, reference=self.ref_model, temperature=cfg.rollout.temperature,
                            reference_needed=cfg.loss.beta > 0, old_needed=cfg.loss.num_iterations > 1,
                            lean=cfg.train.memory_lean)
-        t2 = time.perf_counter()
-        timing = {"time/generation": t1 - t0 - sum(scores.seconds.values()), "time/reference": t2 - t1,
-                  **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
-        return batch, timing
+        return batch
 
     def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int, *,
               entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -240,7 +250,7 @@ class GRPOTrainer:
 
     def optimize(self, batches: list[Batch], *, update: bool = True) -> dict[str, float]:
         """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass); with
-        update=False one pass whose gradients are measured and dropped, leaving the model as it was."""
+        update=False one pass that leaves its (clipped) gradients on the parameters and the weights as they were."""
         cfg, accelerator, model = self.config, self.accelerator, self.model
         # at least 1: with every completion masked (all truncated) the loss is 0, not 0 / 0
         window_tokens = max(1, int(total(accelerator, sum(int(b.scored.sum()) for b in batches))))
@@ -270,7 +280,7 @@ class GRPOTrainer:
             if update:
                 self.optimizer.step()
                 self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=True)
             passes.append(_window_stats(per_batch))
         return {**{key: sum(p[key] for p in passes) / len(passes) for key in passes[0]}, "grad_norm": grad_norm}
 
@@ -283,8 +293,8 @@ class GRPOTrainer:
 
     def train_step(self, *, update: bool = True) -> tuple[dict[str, Any], list[Batch]]:
         """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window. update=False does the
-        same work and logs nothing, steps nothing and leaves the model as it was (the pre-flight check: it consumes
-        prompts and random numbers, which preflight.py puts back)."""
+        same work and logs nothing, steps nothing and leaves the weights as they were (the pre-flight check: it
+        consumes prompts and random numbers and leaves gradients, which preflight.py puts back and drops)."""
         cfg = self.config
         start = time.perf_counter()
         batches, timing = [], {}

@@ -14,7 +14,7 @@ import torch
 
 from grpo_helpers.config import ConfigError, load_config
 from grpo_helpers.countdown.data import generate_countdown
-from grpo_helpers.loss import completion_logprobs
+from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.trainer import GRPOTrainer, list_checkpoints
 from tiny import tiny_llama, tiny_lora
 
