@@ -38,11 +38,11 @@ from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dic
                                       whole_weights, zero_stage)
 from grpo_helpers.doctor import Finding, diagnose, report
 from grpo_helpers.dynamic_sampling import resample_flat_groups
-from grpo_helpers.inference import evaluate_tiers, tier_metrics
+from grpo_helpers.evaluation import evaluate_tiers, tier_metrics
+from grpo_helpers.hardware import release_freed_memory
 from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.loss import grpo_loss, window_share
 from grpo_helpers.metrics import completion_rows, step_metrics
-from grpo_helpers.hardware import release_freed_memory
 from grpo_helpers.models import load_from_config
 from grpo_helpers.monitor import hack_warning
 from grpo_helpers.rollout import Rollout, generate_groups
