@@ -34,9 +34,9 @@ from grpo_helpers.config import GRPOConfig, check_strategy
 from grpo_helpers.config_history import check_resume, record_config
 from grpo_helpers.countdown.data import load_split
 from grpo_helpers.countdown.task import countdown_task
+from grpo_helpers.default_callbacks import default_callbacks
 from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dict, size_deepspeed_engine, total,
                                       whole_weights, zero_stage)
-from grpo_helpers.doctor import Finding, diagnose, report
 from grpo_helpers.dynamic_sampling import resample_flat_groups
 from grpo_helpers.evaluation import evaluate_tiers, tier_metrics
 from grpo_helpers.hardware import release_freed_memory
@@ -44,7 +44,6 @@ from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.loss import grpo_loss, window_share
 from grpo_helpers.metrics import completion_rows, step_metrics
 from grpo_helpers.models import load_from_config
-from grpo_helpers.monitor import hack_warning
 from grpo_helpers.rollout import Rollout, generate_groups
 from grpo_helpers.run_folder import LOG_FILES, append_json_lines, claim_run_folder, keep_lines_up_to, read_json_lines
 from grpo_helpers.samplers import TierSampler, make_sampler
@@ -57,7 +56,9 @@ class GRPOTrainer:
 
     The task follows TRL's conventions (grpo_helpers/task.py): `train_dataset` and `eval_dataset` are rows with a
     `prompt` column (a list of dicts or a `datasets.Dataset`), `reward_funcs` a `Task` or a list of reward functions
-    (the first one judges correctness). With neither, the run is Countdown, its rows made from `config.data`."""
+    (the first one judges correctness). With neither, the run is Countdown, its rows made from `config.data`.
+    `callbacks` run after the defaults every trainer starts with (default_callbacks.py: the hack warning and the
+    doctor's verdict); `self.callbacks` is a plain list."""
 
     def __init__(self, config: GRPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None,
                  reward_funcs: Task | list[RewardFunction] | dict[str, RewardFunction] | None = None,
@@ -67,7 +68,7 @@ class GRPOTrainer:
         if reward_funcs is not None:  # the run records the weights it trains with, not the preset's
             config = config.replace(reward_weights=dict(self.task.reward_weights))
         cfg = self.config = config
-        self.callbacks = list(callbacks)
+        self.callbacks = default_callbacks() + list(callbacks)  # the hack warning and the doctor's verdict
         self.accelerator = accelerator or Accelerator(
             log_with=None if cfg.train.report_to == "none" else cfg.train.report_to, project_dir=cfg.train.output_dir)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
@@ -112,9 +113,8 @@ class GRPOTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.eval_history: list[dict[str, Any]] = []
-        self.last_warning: str | None = None
         self.last_completions: list[dict[str, Any]] = []  # the last step's rows of completions.jsonl, for the doctor
-        self.findings: list[Finding] = []  # the GRPO doctor's verdict, set at the end of train()
+        self.findings: list[Any] = []  # the GRPO doctor's verdict, set when train() ends (doctor.DoctorReport)
         self.should_stop = False  # a callback sets it to end train() after the current step (and its checkpoint)
         if cfg.train.resume:
             self.resume()
@@ -381,13 +381,12 @@ class GRPOTrainer:
             bar.close()
             if cfg.train.report_to != "none":
                 self.accelerator.end_training()
-        self.findings = diagnose(self.history, completions=self.last_completions)
-        if self.accelerator.is_main_process and self.history:
-            tqdm.write(report(self.findings))  # the GRPO doctor's verdict on the whole run
+        for cb in self.callbacks:
+            cb.on_train_end(self)  # among them the GRPO doctor's verdict on the whole run
         return self.history
 
     def _after_step(self, metrics: dict[str, Any], batches: list[Batch]) -> None:
-        """Log the step, tell the callbacks, and warn (once, when it starts) if the hack monitor sees a hack."""
+        """Log the step and tell the callbacks (among them the hack monitor's warning)."""
         self.history.append(metrics)
         self._log("metrics.jsonl", [metrics])
         self.last_completions = gather_object(completion_rows(batches, step=self.step, rank=self.rank))
@@ -396,10 +395,6 @@ class GRPOTrainer:
             self.accelerator.log(metrics, step=self.step)
         for cb in self.callbacks:
             cb.on_step_end(self, metrics)
-        warning = hack_warning(self.history)
-        if warning and self.last_warning is None and self.accelerator.is_main_process:
-            tqdm.write(warning)  # also in the log; the dashboard shows it while it lasts
-        self.last_warning = warning
 
     def save_adapter(self, path: str | Path) -> Path:
         """The trained adapter (or full model) plus tokenizer, ready for chapter 06."""

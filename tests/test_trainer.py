@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from grpo_helpers.callbacks import Callback
 from grpo_helpers.config import ConfigError, load_config
 from grpo_helpers.countdown.data import generate_countdown
+from grpo_helpers.doctor import DoctorReport
 from grpo_helpers.logprobs import completion_logprobs
+from grpo_helpers.monitor import HackWarning
 from grpo_helpers.trainer import GRPOTrainer, list_checkpoints
 from tiny import tiny_llama, tiny_lora
 
@@ -85,6 +88,34 @@ def test_metrics_file_has_every_documented_key(tokenizer, length_reward, tmp_pat
     assert len(completions) == 2 * 2 * 3 and {"completion", "reward", "rewards/length", "advantage"} <= set(completions[0])
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 1, 2] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
+
+
+class Ends(Callback):
+    """Counts train() ends and keeps the verdict the default callbacks left for the ones after them."""
+
+    def __init__(self):
+        self.calls, self.findings = 0, None
+
+    def on_train_end(self, trainer):
+        self.calls += 1
+        self.findings = list(trainer.findings)
+
+
+def test_a_callbacks_train_end_runs_once_after_the_doctors_verdict(tokenizer, length_reward, tmp_path, capsys):
+    ends = Ends()
+    trainer = GRPOTrainer(small_config(tmp_path), train_dataset=TASKS[:32], eval_dataset=TASKS[32:],
+                          model=tiny_lora(tokenizer), tokenizer=tokenizer, callbacks=[ends])
+    assert [type(cb) for cb in trainer.callbacks] == [HackWarning, DoctorReport, Ends]
+    trainer.train()
+    assert ends.calls == 1 and ends.findings == trainer.findings != []  # two steps: at least "too short to judge"
+    assert "GRPO doctor:" in capsys.readouterr().out
+
+
+def test_the_default_callbacks_can_be_removed(tokenizer, length_reward, tmp_path, capsys):
+    trainer = make_trainer(tokenizer, tmp_path)
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, DoctorReport)]
+    trainer.train()
+    assert trainer.findings == [] and "GRPO doctor" not in capsys.readouterr().out
 
 
 def test_checkpoints_keep_the_last_k(tokenizer, length_reward, tmp_path):
