@@ -1,6 +1,7 @@
-"""The speed tricks, in one place and behind one switch (`fast`, on by default: `ModelConfig.fast`).
+"""The speed tricks, in one place and behind one switch (`fast`, on by default: `ModelConfig.fast`). The training
+side's memory savings are another switch, `memory_lean` (backward.py).
 
-Each trick computes what the plain code computes: the plain rollout loop in rollout.py (transformers' growing
+Each trick computes what the plain code computes: the plain decoding in decoding.py (transformers' growing
 cache and mask, `torch.multinomial`, the LoRA branch as peft runs it) and peft's dropout. A learner reads those;
 this file is what makes the same algorithm cheap enough to watch on a laptop CPU. tests/test_fast.py checks each
 trick against the plain version; bench/RESULTS.md ("Why the speed tricks") says what each one buys and why.
