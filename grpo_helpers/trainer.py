@@ -4,8 +4,10 @@ One loop on `accelerate`, so the same code runs on a CPU, one GPU or several pro
 screen in `optimize`: log-probs, `grpo_loss`, backward, clip, step. The pieces it calls each live in one place: the
 task (prompts, rewards, judge) in task.py, sampling in rollout.py, the objective in loss.py, log-probs in
 logprobs.py, the memory-lean backward (`memory_lean: true`) in backward.py, checkpoints in checkpoint.py, the logged
-metrics in metrics.py, what several processes change in distributed.py. Everything a run needs to continue exactly after a crash is checkpointed atomically; metrics and
-sampled completions are appended as JSON lines that survive a kill.
+metrics in metrics.py, evaluation in evaluation.py, what several processes change in distributed.py, and what runs
+beside the loop (the hack warning, the doctor's verdict, a dashboard) in callbacks. Everything a run needs to
+continue exactly after a crash is checkpointed atomically; metrics and sampled completions are appended as JSON
+lines that survive a kill.
 """
 
 from __future__ import annotations
