@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_helpers.loss import _final_hidden, completion_logprobs, naive_completion_logprobs
+from grpo_helpers.logprobs import _final_hidden, completion_logprobs, naive_completion_logprobs
 from grpo_helpers.models import load_model_and_tokenizer
 
 # glibc keeps freed heap blocks resident and raises its mmap threshold dynamically, which hides a pass's true

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo_helpers.loss import completion_logprobs, group_advantages, grouped_completion_logprobs
+from grpo_helpers.logprobs import completion_logprobs, grouped_completion_logprobs
+from grpo_helpers.loss import group_advantages
 from grpo_helpers.scoring import RewardBreakdown
 from grpo_helpers.rollout import Rollout, sampling_mode
 
@@ -68,11 +69,12 @@ def hf_checkpointing(model: torch.nn.Module) -> bool:
     return getattr(inner, "is_gradient_checkpointing", False) and model.training
 
 
-def batch_logprobs(model: torch.nn.Module, batch: Batch, *, temperature: float, return_entropy: bool = False):
-    """Completion log-probs (B*G, C) (and the entropy at each position, with `return_entropy`); each prompt runs
-    once per group unless HF checkpointing forbids a cache."""
+def batch_logprobs(model: torch.nn.Module, batch: Batch, *, temperature: float, lean: bool,
+                   return_entropy: bool = False):
+    """Completion log-probs (B*G, C) (and the entropy at each position, with `return_entropy`). `lean`: each prompt
+    runs once per group unless HF checkpointing forbids a cache; else the B*G full sequences run as they are."""
     r = batch.rollout
-    if hf_checkpointing(model):
+    if not lean or hf_checkpointing(model):
         return completion_logprobs(model, batch.input_ids, batch.attention_mask, r.completion_ids.shape[1],
                                    temperature=temperature, return_entropy=return_entropy)
     return grouped_completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
@@ -95,16 +97,16 @@ def to_batch(rollout: Rollout, scores: RewardBreakdown, tasks: list[dict], *, sc
 
 
 def add_fixed_logprobs(batch: Batch, policy: torch.nn.Module, *, reference: torch.nn.Module | None,
-                       temperature: float, reference_needed: bool, old_needed: bool) -> None:
+                       temperature: float, reference_needed: bool, old_needed: bool, lean: bool) -> None:
     """The log-probs the loss holds fixed, without dropout noise: the reference's (for the KL; a LoRA policy's
     reference is itself with the adapter off, else `reference`, a frozen copy) and, when several passes are
-    taken over one rollout, the sampling policy's (the ratio's denominator)."""
+    taken over one rollout, the sampling policy's (the ratio's denominator). `lean`: see `batch_logprobs`."""
     with sampling_mode(policy):
         if reference_needed:
             if reference is None:
                 with policy.disable_adapter():
-                    batch.ref_logps = batch_logprobs(policy, batch, temperature=temperature)
+                    batch.ref_logps = batch_logprobs(policy, batch, temperature=temperature, lean=lean)
             else:
-                batch.ref_logps = batch_logprobs(reference, batch, temperature=temperature)
+                batch.ref_logps = batch_logprobs(reference, batch, temperature=temperature, lean=lean)
         if old_needed:
-            batch.old_logps = batch_logprobs(policy, batch, temperature=temperature)
+            batch.old_logps = batch_logprobs(policy, batch, temperature=temperature, lean=lean)

@@ -259,11 +259,18 @@ class TrainConfig:
     """gradient clipping threshold (0 = off)"""
     grad_accum_steps: int = 1
     """rollout batches accumulated into one optimizer step"""
+    memory_lean: bool = False
+    """the memory-lean backward (grpo_helpers/backward.py): a batch goes through the model prompts_per_pass prompts
+    and completions_per_pass completions at a time, each prompt once per group; same gradients, a fraction of the
+    peak memory for more compute (both measured in bench/RESULTS.md). False = one plain forward and backward per
+    batch, as chapter 04 writes it out. The presets turn it on"""
     prompts_per_pass: int = 1
-    """prompts (each with its G completions) per forward/backward pass: fewer = less memory, same gradient"""
+    """with memory_lean: prompts (each with its G completions) per forward/backward pass: fewer = less memory,
+    same gradient"""
     completions_per_pass: int = 1
-    """completions per forward/backward pass within those prompts, the prompts run once without a graph and
-    once with one at the end: fewer = less memory, same gradient (not under DeepSpeed or HF checkpointing)"""
+    """with memory_lean: completions per forward/backward pass within those prompts, the prompts run once without a
+    graph and once with one at the end: fewer = less memory, same gradient (not under DeepSpeed or HF
+    checkpointing)"""
     max_steps: int = 100
     """optimizer steps to train"""
     seed: int = 42
@@ -417,7 +424,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         tiers=["3x10", "3x20"], curriculum="success",
         num_prompts=2, group_size=8, max_new_tokens=160, temperature=0.7, dynamic_sampling=2,
         reward_weights={"grounded_format": 0.25, "closeness": 0.25, "equation": 1.0},
-        loss_type="dapo", beta=0.0, lr=2e-5, lr_scheduler="constant", max_steps=40,
+        loss_type="dapo", beta=0.0, lr=2e-5, lr_scheduler="constant", max_steps=40, memory_lean=True,
         save_every=10, eval_every=40, eval_tasks=32, output_dir="runs/cpu",
         sft_steps=120, sft_batch_size=8, sft_lr=2e-4,
     ),
@@ -426,7 +433,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         model="Qwen/Qwen2.5-3B", dtype="auto", attn_implementation="auto", gradient_checkpointing=True,
         dataset="Jiayi-Pan/Countdown-Tasks-3to4", num_tasks=50_000, test_size=500,
         num_prompts=4, group_size=12, max_new_tokens=1024, temperature=1.0,
-        loss_type="dapo", beta=0.04, lr=5e-7, lr_scheduler="cosine", warmup_steps=10, max_steps=450,
+        loss_type="dapo", beta=0.04, lr=5e-7, lr_scheduler="cosine", warmup_steps=10, max_steps=450, memory_lean=True,
         save_every=25, eval_every=50, eval_tasks=128, output_dir="runs/qwen2.5-3b",
     ),
 }

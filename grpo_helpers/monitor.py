@@ -13,7 +13,7 @@ A task adds its own through `Task.signals`; Countdown adds `hack/copies_example`
 example) and `hack/uses_numbers` (answers built from exactly the task's numbers).
 
 `hack_warning` turns a run's history into a plain-words warning when reward rises while these say the policy
-stopped looking at the task.
+stopped looking at the task; the `HackWarning` callback every trainer starts with prints it when it starts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Sequence
 
+from tqdm.auto import tqdm
+
+from grpo_helpers.callbacks import Callback
 from grpo_helpers.task import Task, extract_answer
 
 WINDOW = 5  # steps averaged at each end of the history when judging a trend
@@ -80,3 +83,18 @@ def hack_warning(history: list[dict[str, Any]], *, window: int = WINDOW) -> str 
             f"{'; '.join(evidence)} (training accuracy {accuracy:.0%}). The policy is earning reward without looking "
             f"at the task: read the top-scoring completions, and use rewards that pay only for answers that depend on "
             f"the task (for Countdown: built from its numbers, countdown.rewards.GROUNDED_WEIGHTS).")
+
+
+class HackWarning(Callback):
+    """Prints `hack_warning` once when it starts (again if it stops and starts again): a message at every step
+    would drown the progress bar, and the live dashboard shows the warning while it lasts. A default callback
+    (default_callbacks.py)."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None  # the warning after the latest step, None while there is none
+
+    def on_step_end(self, trainer, metrics: dict[str, Any]) -> None:
+        warning = hack_warning(trainer.history)
+        if warning and self.last is None and trainer.accelerator.is_main_process:
+            tqdm.write(warning)  # also in the log
+        self.last = warning

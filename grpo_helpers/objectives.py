@@ -18,7 +18,7 @@ from typing import Any
 from grpo_helpers.callbacks import Callback
 from grpo_helpers.config import load_config
 from grpo_helpers.errors import UsageError
-from grpo_helpers.inference import wilson_interval
+from grpo_helpers.evaluation import wilson_interval
 from grpo_helpers.trainer import GRPOTrainer
 
 BASELINE: dict[str, Any] = {"num_iterations": 2}  # on top of the cpu preset: see the module docstring

@@ -10,8 +10,9 @@ would-be first step.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from grpo_helpers.batch import Batch
 from grpo_helpers.checkpoint import rng_state, set_rng_state
@@ -59,15 +60,18 @@ class Preflight:
         return "\n".join(lines)
 
 
-def _random_state(trainer) -> dict[str, Any]:
-    """Everything a step draws from: the trainer's sampler and sampling generator, and the global generators."""
-    return {"sampler": trainer.sampler.state_dict(), "generator": trainer.generator.get_state(), "global": rng_state()}
-
-
-def _put_back(trainer, state: dict[str, Any]) -> None:
-    trainer.sampler.load_state_dict(state["sampler"])
-    trainer.generator.set_state(state["generator"])
-    set_rng_state(state["global"])
+@contextmanager
+def thrown_away(trainer) -> Iterator[None]:
+    """Work on `trainer` (a GRPOTrainer) that `train()` never notices: everything a step draws from (the sampler,
+    the sampling generator, the global generators) is put back afterwards and the gradients are dropped."""
+    state = (trainer.sampler.state_dict(), trainer.generator.get_state(), rng_state())
+    try:
+        yield
+    finally:
+        trainer.sampler.load_state_dict(state[0])
+        trainer.generator.set_state(state[1])
+        set_rng_state(state[2])
+        trainer.optimizer.zero_grad(set_to_none=True)
 
 
 def preflight(trainer) -> Preflight:
@@ -75,11 +79,9 @@ def preflight(trainer) -> Preflight:
     if zero_stage(trainer.accelerator) is not None:
         raise UsageError("preflight() does not run under DeepSpeed: its backward steps the optimizer, so the step "
                          "could not be thrown away; run the check in one process without DeepSpeed")
-    cfg, state = trainer.config, _random_state(trainer)
-    try:
+    cfg = trainer.config
+    with thrown_away(trainer):
         metrics, batches = trainer.train_step(update=False)
-    finally:
-        _put_back(trainer, state)
     backward = metrics["time/train"] * cfg.loss.num_iterations  # a real step takes mu passes
     return Preflight(metrics=metrics, batches=batches,
                      max_new_tokens=cfg.rollout.max_new_tokens,

@@ -4,7 +4,7 @@
 (often longer than the completion) is processed G times. Here the B prompts are prefilled once, the key/value
 cache is repeated G times, and the decode loop samples all B*G rows together. The loop is short and explicit so
 that its cost is visible: one forward of B*G new tokens per step. It is written once, in transformers' plain
-terms (`PlainDecoding`); the speed tricks that make it cheap on a CPU swap in behind one switch (`fast`,
+terms (decoding.py's `PlainDecoding`); the speed tricks that make it cheap on a CPU swap in behind one switch (`fast`,
 grpo_helpers/fast.py) without changing what is sampled.
 """
 
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from transformers import (Cache, DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from grpo_helpers.decoding import PlainDecoding, position_ids_from_mask
+from grpo_helpers.fast import FastDecoding
 from grpo_helpers.task import tokenize_prompts
-from grpo_helpers.loss import position_ids_from_mask  # the loss scores with the same positions
 
 
 @dataclass
@@ -76,56 +76,10 @@ def select_groups(rollouts: list[Rollout], picks: list[tuple[int, int]], *, pad_
                    seconds=sum(one.seconds for one in rollouts))
 
 
-class PlainDecoding:
-    """How the rollout keeps its cache, takes a decode step and samples: transformers' own way, the one to read.
-
-    `grpo_helpers.fast.FastDecoding` makes the same four choices faster (`fast=True`, the default)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self) -> "PlainDecoding":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def new_cache(self, length: int) -> Cache:
-        return DynamicCache()  # grows by one column per decoded token
-
-    def repeat_rows(self, cache: Cache, repeats: int) -> None:
-        """Row i becomes rows i*repeats ... i*repeats + repeats - 1 (prompt-major, as the samples are laid out)."""
-        cache.batch_repeat_interleave(repeats)
-
-    def decoder(self, cache: Cache, mask: torch.Tensor) -> "GrowingMaskDecoder":
-        return GrowingMaskDecoder(self.model, cache, mask)
-
-    def sample(self, probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
-
-
-class GrowingMaskDecoder:
-    """One decode step as transformers takes it: the 2D attention mask grows a column per token."""
-
-    def __init__(self, model: torch.nn.Module, cache: Cache, mask: torch.Tensor):
-        self.model, self.cache, self.mask = model, cache, mask  # mask: (N, P)
-        self.position = position_ids_from_mask(mask)[:, -1:]  # (N, 1) the last prompt token's position
-
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        """Feed `token` (N,), get the next logits (N, V)."""
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)  # (N, P + steps)
-        self.position = self.position + 1
-        out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=self.position,
-                         past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1, :]
-
-
 def decoding(model: torch.nn.Module, *, fast: bool, bf16: bool | None = None, cuda_graph: bool = True) -> PlainDecoding:
     """The plain decoding, or the speed tricks' (grpo_helpers/fast.py: same tokens greedy, same distribution)."""
     if not fast:
         return PlainDecoding(model)
-    from grpo_helpers.fast import FastDecoding  # it builds on this module
-
     return FastDecoding(model, bf16=bf16, cuda_graph=cuda_graph)
 
 

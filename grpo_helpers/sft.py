@@ -39,7 +39,7 @@ from grpo_helpers.config import GRPOConfig
 from grpo_helpers.config_history import COLD_START_FIELDS, COLD_START_SAFE_ON_RESUME, check_resume, record_config
 from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.distributed import clip_gradients, gathered_state_dict, size_deepspeed_engine
-from grpo_helpers.loss import completion_logprobs
+from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.models import load_from_config
 from grpo_helpers.run_folder import (RunFolderError, RunLock, append_json_lines, existing_run, keep_lines_up_to,
                                      read_json_lines)

@@ -1,10 +1,13 @@
 """The GRPO training loop: rollout -> rewards -> advantages -> reference -> loss -> optimizer step -> metrics.
 
-One loop on `accelerate`, so the same code runs on a CPU, one GPU or several processes. The pieces it calls each
-live in one place: the task (prompts, rewards, judge) in task.py, sampling in rollout.py, the loss in loss.py, the
-memory-saving backward in backward.py, checkpoints in checkpoint.py, the logged metrics in metrics.py, what several
-processes change in distributed.py. Everything a run needs to continue exactly after a crash is checkpointed atomically; metrics and
-sampled completions are appended as JSON lines that survive a kill.
+One loop on `accelerate`, so the same code runs on a CPU, one GPU or several processes. The update itself is on one
+screen in `optimize`: log-probs, `grpo_loss`, backward, clip, step. The pieces it calls each live in one place: the
+task (prompts, rewards, judge) in task.py, sampling in rollout.py, the objective in loss.py, log-probs in
+logprobs.py, the memory-lean backward (`memory_lean: true`) in backward.py, checkpoints in checkpoint.py, the logged
+metrics in metrics.py, evaluation in evaluation.py, what several processes change in distributed.py, and what runs
+beside the loop (the hack warning, the doctor's verdict, a dashboard) in callbacks. Everything a run needs to
+continue exactly after a crash is checkpointed atomically; metrics and sampled completions are appended as JSON
+lines that survive a kill.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import json
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +35,16 @@ from grpo_helpers.config import GRPOConfig, fit_strategy
 from grpo_helpers.config_history import check_resume, record_config
 from grpo_helpers.countdown.data import load_split
 from grpo_helpers.countdown.task import countdown_task
+from grpo_helpers.default_callbacks import default_callbacks
 from grpo_helpers.distributed import (clip_gradients, gather, gathered_state_dict, size_deepspeed_engine, total,
                                       whole_weights, zero_stage)
-from grpo_helpers.doctor import Finding, diagnose, report
 from grpo_helpers.dynamic_sampling import resample_flat_groups
-from grpo_helpers.inference import evaluate_tiers, tier_metrics
-from grpo_helpers.loss import grpo_loss
+from grpo_helpers.evaluation import evaluate_tiers, tier_metrics
+from grpo_helpers.hardware import release_freed_memory
+from grpo_helpers.logprobs import completion_logprobs
+from grpo_helpers.loss import grpo_loss, window_share
 from grpo_helpers.metrics import completion_rows, step_metrics
-from grpo_helpers.models import load_from_config, release_freed_memory
-from grpo_helpers.monitor import hack_warning
+from grpo_helpers.models import load_from_config
 from grpo_helpers.rollout import Rollout, generate_groups
 from grpo_helpers.run_folder import LOG_FILES, append_json_lines, claim_run_folder, keep_lines_up_to, read_json_lines
 from grpo_helpers.samplers import TierSampler, make_sampler
@@ -52,7 +57,9 @@ class GRPOTrainer:
 
     The task follows TRL's conventions (grpo_helpers/task.py): `train_dataset` and `eval_dataset` are rows with a
     `prompt` column (a list of dicts or a `datasets.Dataset`), `reward_funcs` a `Task` or a list of reward functions
-    (the first one judges correctness). With neither, the run is Countdown, its rows made from `config.data`."""
+    (the first one judges correctness). With neither, the run is Countdown, its rows made from `config.data`.
+    `callbacks` run after the defaults every trainer starts with (default_callbacks.py: the hack warning and the
+    doctor's verdict); `self.callbacks` is a plain list."""
 
     def __init__(self, config: GRPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None,
                  reward_funcs: Task | list[RewardFunction] | dict[str, RewardFunction] | None = None,
@@ -61,7 +68,7 @@ class GRPOTrainer:
         self.task = _resolve_task(reward_funcs, config)
         if reward_funcs is not None:  # the run records the weights it trains with, not the preset's
             config = config.replace(reward_weights=dict(self.task.reward_weights))
-        self.callbacks = list(callbacks)
+        self.callbacks = default_callbacks() + list(callbacks)  # the hack warning and the doctor's verdict
         self.accelerator = accelerator or Accelerator(
             log_with=None if config.train.report_to == "none" else config.train.report_to,
             project_dir=config.train.output_dir)
@@ -108,9 +115,8 @@ class GRPOTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.eval_history: list[dict[str, Any]] = []
-        self.last_warning: str | None = None
         self.last_completions: list[dict[str, Any]] = []  # the last step's rows of completions.jsonl, for the doctor
-        self.findings: list[Finding] = []  # the GRPO doctor's verdict, set at the end of train()
+        self.findings: list[Any] = []  # the GRPO doctor's verdict, set when train() ends (doctor.DoctorReport)
         self.should_stop = False  # a callback sets it to end train() after the current step (and its checkpoint)
         if cfg.train.resume:
             self.resume()
@@ -196,7 +202,7 @@ class GRPOTrainer:
 
     def make_batch(self) -> tuple[Batch, dict[str, float]]:
         """Sample a group per prompt, score it, and compute everything the loss needs that has no gradient."""
-        cfg, model = self.config, self.unwrapped_model
+        cfg = self.config
         tasks = next(self.sampler)
         t0 = time.perf_counter()
         dynamic: dict[str, float] = {}
@@ -210,17 +216,26 @@ class GRPOTrainer:
                     task_batches=self.sampler, total_over_processes=lambda n: total(self.accelerator, n),
                     pad_id=self.tokenizer.pad_token_id)
         t1 = time.perf_counter()
+        batch = self.prepare_batch(tasks, rollout, scores, dynamic=dynamic)
+        t2 = time.perf_counter()
+        timing = {"time/generation": t1 - t0 - sum(scores.seconds.values()), "time/reference": t2 - t1,
+                  **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
+        return batch, timing
+
+    def prepare_batch(self, tasks: list[dict], rollout: Rollout, scores: RewardBreakdown, *,
+                      dynamic: dict[str, float] | None = None) -> Batch:
+        """A scored rollout with everything the loss needs that has no gradient: the advantages, and the reference's
+        and the sampling policy's log-probs when the loss uses them."""
+        cfg = self.config
         batch_std = None
         if cfg.loss.scale_rewards == "batch" and self.world_size > 1:  # the std of every process's rewards, as TRL
             batch_std = float(gather(self.accelerator, torch.tensor(scores.total)).std())
         batch = to_batch(rollout, scores, tasks, scale_rewards=cfg.loss.scale_rewards, batch_std=batch_std,
                          dynamic=dynamic, mask_truncated=cfg.loss.mask_truncated_completions)
-        add_fixed_logprobs(batch, model, reference=self.ref_model, temperature=cfg.rollout.temperature,
-                           reference_needed=cfg.loss.beta > 0, old_needed=cfg.loss.num_iterations > 1)
-        t2 = time.perf_counter()
-        timing = {"time/generation": t1 - t0 - sum(scores.seconds.values()), "time/reference": t2 - t1,
-                  **{f"time/reward/{name}": value for name, value in scores.seconds.items()}}
-        return batch, timing
+        add_fixed_logprobs(batch, self.unwrapped_model, reference=self.ref_model, temperature=cfg.rollout.temperature,
+                           reference_needed=cfg.loss.beta > 0, old_needed=cfg.loss.num_iterations > 1,
+                           lean=cfg.train.memory_lean)
+        return batch
 
     def _loss(self, logps: torch.Tensor, batch: Batch, window_tokens: int, *,
               entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -235,28 +250,38 @@ class GRPOTrainer:
 
     def optimize(self, batches: list[Batch], *, update: bool = True) -> dict[str, float]:
         """mu passes of clipped-surrogate updates over the rollout window (one optimizer step per pass); with
-        update=False one pass whose gradients are measured and dropped, leaving the model as it was."""
-        cfg = self.config
+        update=False one pass that leaves its (clipped) gradients on the parameters and the weights as they were."""
+        cfg, accelerator, model = self.config, self.accelerator, self.model
         # at least 1: with every completion masked (all truncated) the loss is 0, not 0 / 0
-        window_tokens = max(1, int(total(self.accelerator, sum(int(b.scored.sum()) for b in batches))))
-        self.model.train()
+        window_tokens = max(1, int(total(accelerator, sum(int(b.scored.sum()) for b in batches))))
+        loss_fn = partial(self._loss, window_tokens=window_tokens)
+        model.train()
         passes = []
-
-        def loss_fn(logps: torch.Tensor, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
-            return self._loss(logps, batch, window_tokens, **kwargs)
-
         for _ in range(cfg.loss.num_iterations if update else 1):
-            stats = window_backward(self.model, batches, loss_fn,
-                                    accelerator=self.accelerator, loss_type=cfg.loss.loss_type,
-                                    prompts_per_pass=cfg.train.prompts_per_pass,
-                                    rows_per_pass=cfg.train.completions_per_pass,
-                                    temperature=cfg.rollout.temperature, check_finite=self._check_finite)
-            grad_norm = clip_gradients(self.accelerator, self.model, cfg.train.max_grad_norm)
+            if cfg.train.memory_lean:  # the same gradients, a few completions at a time (grpo_helpers/backward.py)
+                per_batch = window_backward(model, batches, loss_fn, accelerator=accelerator,
+                                            loss_type=cfg.loss.loss_type, prompts_per_pass=cfg.train.prompts_per_pass,
+                                            completions_per_pass=cfg.train.completions_per_pass,
+                                            temperature=cfg.rollout.temperature, check_finite=self._check_finite)
+            else:
+                per_batch = []
+                share = window_share(cfg.loss.loss_type, batches=len(batches))  # of the window's loss
+                for number, batch in enumerate(batches):  # gradient accumulation: the batches' gradients add up
+                    last = number == len(batches) - 1  # several processes: average the gradients once, at the end
+                    with nullcontext() if last else accelerator.no_sync(model):
+                        logps, entropy = completion_logprobs(
+                            model, batch.input_ids, batch.attention_mask, batch.rollout.completion_ids.shape[1],
+                            temperature=cfg.rollout.temperature, return_entropy=True)  # (B*G, C) each
+                        loss, stats = loss_fn(logps, batch, entropy=entropy)
+                        self._check_finite(loss)
+                        accelerator.backward(loss * share)  # under DeepSpeed: its backward, then its step
+                    per_batch.append({"loss": loss.item() * share, **stats})
+            grad_norm = clip_gradients(accelerator, model, cfg.train.max_grad_norm)
             if update:
                 self.optimizer.step()
                 self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            passes.append(stats)
+                self.optimizer.zero_grad(set_to_none=True)
+            passes.append(_window_stats(per_batch))
         return {**{key: sum(p[key] for p in passes) / len(passes) for key in passes[0]}, "grad_norm": grad_norm}
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -268,8 +293,8 @@ class GRPOTrainer:
 
     def train_step(self, *, update: bool = True) -> tuple[dict[str, Any], list[Batch]]:
         """One optimizer step (mu of them when num_iterations > 1) on a fresh rollout window. update=False does the
-        same work and logs nothing, steps nothing and leaves the model as it was (the pre-flight check: it consumes
-        prompts and random numbers, which preflight.py puts back)."""
+        same work and logs nothing, steps nothing and leaves the weights as they were (the pre-flight check: it
+        consumes prompts and random numbers and leaves gradients, which preflight.py puts back and drops)."""
         cfg = self.config
         start = time.perf_counter()
         batches, timing = [], {}
@@ -356,13 +381,12 @@ class GRPOTrainer:
             bar.close()
             if cfg.train.report_to != "none":
                 self.accelerator.end_training()
-        self.findings = diagnose(self.history, completions=self.last_completions)
-        if self.accelerator.is_main_process and self.history:
-            tqdm.write(report(self.findings))  # the GRPO doctor's verdict on the whole run
+        for cb in self.callbacks:
+            cb.on_train_end(self)  # among them the GRPO doctor's verdict on the whole run
         return self.history
 
     def _after_step(self, metrics: dict[str, Any], batches: list[Batch]) -> None:
-        """Log the step, tell the callbacks, and warn (once, when it starts) if the hack monitor sees a hack."""
+        """Log the step and tell the callbacks (among them the hack monitor's warning)."""
         self.history.append(metrics)
         self._log("metrics.jsonl", [metrics])
         self.last_completions = gather_object(completion_rows(batches, step=self.step, rank=self.rank))
@@ -371,10 +395,6 @@ class GRPOTrainer:
             self.accelerator.log(metrics, step=self.step)
         for cb in self.callbacks:
             cb.on_step_end(self, metrics)
-        warning = hack_warning(self.history)
-        if warning and self.last_warning is None and self.accelerator.is_main_process:
-            tqdm.write(warning)  # also in the log; the dashboard shows it while it lasts
-        self.last_warning = warning
 
     def save_adapter(self, path: str | Path) -> Path:
         """The trained adapter (or full model) plus tokenizer, ready for chapter 06."""
@@ -385,6 +405,11 @@ class GRPOTrainer:
             self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path
+
+
+def _window_stats(per_batch: list[dict[str, float]]) -> dict[str, float]:
+    """A window's stats from its batches': the loss is the sum of their shares, every other value their mean."""
+    return {key: sum(b[key] for b in per_batch) / (1 if key == "loss" else len(per_batch)) for key in per_batch[0]}
 
 
 def _resolve_task(reward_funcs: Task | list[RewardFunction] | dict[str, RewardFunction] | None,

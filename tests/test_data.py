@@ -14,7 +14,7 @@ import pytest
 from grpo_helpers.countdown import data
 from grpo_helpers.countdown.data import (
     ASSISTANT_PREFIX, SYSTEM_PROMPT, count_solutions, dataset_stats, generate_countdown,
-    load_countdown, load_jsonl, save_jsonl, solve, train_test_split, validate_rows,
+    load_countdown, load_jsonl, save_jsonl, solvable_in_whole_steps, solve, train_test_split, validate_rows,
 )
 from grpo_helpers.samplers import PromptSampler
 from grpo_helpers.task import tokenize_prompts
@@ -424,3 +424,11 @@ def test_dataset_stats_and_plot():
     assert sampled["sample_size"] == 10 == len(sampled["difficulty"])
     fig = data.plot_dataset_stats(stats)
     assert len(fig.axes) == 4
+
+
+def test_whole_steps_refuse_what_only_fractions_reach():
+    assert solve([3, 3, 8, 8], 24) is not None  # 8 / (3 - 8 / 3), its only solution
+    assert not solvable_in_whole_steps([3, 3, 8, 8], 24)
+    assert solvable_in_whole_steps([2, 3], 1) and solvable_in_whole_steps([4, 6, 10], 4)  # 3 - 2; (10 + 6) / 4
+    for nums, target in [([2, 5, 9], 8), ([4, 7, 10], 3), ([6, 6, 1], 37), ([1, 2], 7)]:  # whole steps reach a subset
+        assert solvable_in_whole_steps(nums, target) <= (solve(nums, target) is not None)

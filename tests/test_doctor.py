@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from grpo_helpers.doctor import Doctor, diagnose, diagnose_run, report
+from grpo_helpers.doctor import Doctor, DoctorReport, diagnose, diagnose_run, report
 
 
 def healthy(steps: int = 12, **changes) -> list[dict]:
@@ -117,6 +117,15 @@ def test_the_doctor_callback_does_not_announce_that_a_run_has_only_begun(capsys)
         trainer.history.append(metrics)
         doctor.on_step_end(trainer, metrics)
     assert [f.rule for f in doctor.findings] == ["too_short"] and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("is_main", [True, False])
+def test_the_report_callback_sets_the_verdict_and_only_the_main_process_prints_it(capsys, is_main):
+    trainer = SimpleNamespace(history=healthy(steps=3), last_completions=[], findings=[],
+                              accelerator=SimpleNamespace(is_main_process=is_main))
+    DoctorReport().on_train_end(trainer)
+    assert [f.rule for f in trainer.findings] == ["too_short"]
+    assert ("GRPO doctor:" in capsys.readouterr().out) == is_main
 
 
 def test_reward_hacking_quotes_the_top_scoring_completions(tmp_path):

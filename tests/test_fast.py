@@ -9,7 +9,8 @@ import torch
 from grpo_helpers.fast import (DropoutLinear, FastDecoding, dropout_keep_mask, lora_folded, onednn_decode_linears,
                                sample_tokens)
 from grpo_helpers.models import add_lora
-from grpo_helpers.rollout import PlainDecoding, generate_groups
+from grpo_helpers.decoding import PlainDecoding
+from grpo_helpers.rollout import generate_groups
 from tiny import tiny_lora, tiny_llama
 
 PROMPTS = ["Count: one two three", "A much longer prompt that needs left padding in the batch, surely"]

@@ -1,8 +1,8 @@
-"""Chapter 06: adapters load back exactly, merging changes nothing, and the evaluation numbers are the right ones."""
+"""Chapter 06's tools: adapters load back exactly, merging changes nothing, one task is asked and judged, two models
+are compared side by side and "aha" moments are found (the evaluation itself: test_evaluation.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from fractions import Fraction
 
@@ -14,18 +14,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 matplotlib.use("Agg")
 
 from grpo_helpers import inference
-from grpo_helpers.countdown.task import countdown_task, solve_task
-from grpo_helpers.inference import (EvalResult, compare, evaluate, find_aha, load_policy, merge_and_save, pass_at_k,
-                                    plot_comparison, score_samples, wilson_interval)
-from grpo_helpers.rollout import Rollout
+from grpo_helpers.countdown.task import solve_task
+from grpo_helpers.evaluation import score_samples
+from grpo_helpers.inference import compare, find_aha, load_policy, merge_and_save, plot_comparison
+from scored_samples import CD, GOOD, TASKS, WRONG_NUMBERS, fake_generate, handcrafted
 from tiny import tiny_llama, tiny_lora
-
-CD = countdown_task()
-TASKS = [{"nums": [3, 5, 7], "target": 22}, {"nums": [2, 4], "target": 8}, {"nums": [1, 9], "target": 10}]
-GOOD = {0: " 3*5=15, 15+7=22</think>\n<answer>3 * 5 + 7</answer>", 1: " ok</think>\n<answer>2 * 4</answer>",
-        2: " ok</think>\n<answer>1 + 9</answer>"}
-WRONG_NUMBERS = " 22</think>\n<answer>22</answer>"  # right value, not the given numbers: verifier says 0
-UNFORMATTED = "I think 2 * 4. <answer>2 * 4</answer>"  # right answer, but no </think>: correct, not formatted
 
 
 def trained_adapter(tokenizer, folder, *, seed=0):
@@ -140,22 +133,6 @@ def test_model_object_without_tokenizer_anywhere(tokenizer, tmp_path):
 # ------------------------------------------------------------------ one task
 
 
-def fake_generate(texts_for):
-    """Stands in for rollout.generate_groups: completions chosen from the prompt, so scores are known exactly."""
-    calls = []
-
-    def generate(model, tokenizer, prompts, *, group_size, max_new_tokens, generator=None, **kwargs):
-        calls.append({"prompts": len(prompts), "group_size": group_size, "seed": generator.initial_seed(), **kwargs})
-        texts = [t for p in prompts for t in texts_for(p, group_size)]
-        lengths = torch.tensor([len(t.split()) for t in texts])  # (B*G,)
-        return Rollout(prompt_ids=torch.zeros(len(prompts), 1), prompt_mask=torch.ones(len(prompts), 1),
-                       completion_ids=torch.zeros(len(texts), 1), completion_mask=torch.ones(len(texts), 1),
-                       lengths=lengths, truncated=torch.zeros(len(texts), dtype=torch.bool), texts=texts,
-                       group_size=group_size, seconds=0.0)
-
-    return generate, calls
-
-
 def test_solve_task_reports_answer_value_and_rewards(tokenizer, monkeypatch):
     generate, calls = fake_generate(lambda prompt, g: [" 2*4=8, wait: 8 - 1 = 7</think>\n<answer>(2 * 4) - 1</answer>"])
     monkeypatch.setattr(inference, "generate_groups", generate)
@@ -176,92 +153,7 @@ def test_solve_task_rejects_bad_tasks(tokenizer, nums, target, match):
         solve_task(None, tokenizer, nums, target)
 
 
-# ------------------------------------------------------------------ statistics
-
-
-def test_pass_at_k_matches_brute_force_enumeration():
-    for n in range(1, 7):
-        for c in range(n + 1):
-            samples = [True] * c + [False] * (n - c)
-            for k in range(1, n + 1):
-                subsets = list(itertools.combinations(samples, k))
-                expected = sum(any(s) for s in subsets) / len(subsets)
-                assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12), (n, c, k)
-
-
-@pytest.mark.parametrize("n, c, k", [(0, 0, 1), (3, 4, 1), (3, 1, 4), (3, 1, 0), (3, -1, 1), (3.0, 1, 1)])
-def test_pass_at_k_rejects_bad_counts(n, c, k):
-    with pytest.raises(ValueError):
-        pass_at_k(n, c, k)
-
-
-@pytest.mark.parametrize("successes, n, low, high", [
-    # by hand: center = (p + z^2/2n) / (1 + z^2/n), half = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)
-    (0, 10, 0.0, 0.27754), (5, 10, 0.23659, 0.76341), (8, 10, 0.49016, 0.94332), (10, 10, 0.72246, 1.0),
-    (1, 1, 0.20654, 1.0),
-])
-def test_wilson_interval_hand_computed(successes, n, low, high):
-    assert wilson_interval(successes, n) == pytest.approx((low, high), abs=1e-5)
-
-
-def test_wilson_interval_rejects_bad_counts():
-    for successes, n in ((0, 0), (3, 2), (-1, 5)):
-        with pytest.raises(ValueError):
-            wilson_interval(successes, n)
-
-
-# ------------------------------------------------------------------ evaluation
-
-
-def handcrafted() -> EvalResult:
-    """k=2 samples for 3 tasks. task 0: correct, wrong; task 1: unformatted-correct, correct; task 2: wrong, wrong."""
-    completions = [[GOOD[0], WRONG_NUMBERS], [UNFORMATTED, GOOD[1]], [WRONG_NUMBERS, WRONG_NUMBERS]]
-    return score_samples(TASKS, completions, lengths=[[10, 20], [30, 40], [50, 60]], task=CD)
-
-
-def test_scores_of_handcrafted_completions():
-    result = handcrafted()
-    assert [r["correct"] for r in result.records] == [[True, False], [True, True], [False, False]]
-    assert [r["formatted"] for r in result.records] == [[True, True], [False, True], [True, True]]
-    assert result.accuracy == pytest.approx(2 / 3)  # first samples: correct, correct, wrong
-    assert result.format_rate == pytest.approx(2 / 3)  # first samples: formatted, not, formatted
-    assert result.mean_length == pytest.approx(35)
-    assert result.pass_at[1] == pytest.approx((1 / 2 + 1 + 0) / 3)
-    assert result.pass_at[2] == pytest.approx(2 / 3)
-    assert result.accuracy_ci == wilson_interval(2, 3) and result.pass_at_k_ci == wilson_interval(2, 3)
-    assert result.summary()["pass@2"] == result.pass_at[2]
-
-
-def test_evaluate_batches_keep_tasks_and_samples_in_order(tokenizer, monkeypatch):
-    def texts_for(prompt, g):  # sample 0 correct for every task, the others wrong
-        task = next(i for i, t in enumerate(TASKS) if f"numbers {t['nums']}" in prompt)
-        return [GOOD[task]] + [WRONG_NUMBERS] * (g - 1)
-
-    generate, calls = fake_generate(texts_for)
-    monkeypatch.setattr(inference, "generate_groups", generate)
-    result = evaluate(tiny_llama(tokenizer), tokenizer, TASKS, k=3, batch_size=2, seed=5, task=CD)
-    assert [c["prompts"] for c in calls] == [2, 1] and all(c["group_size"] == 3 for c in calls)
-    assert calls[0]["seed"] != calls[1]["seed"], "each batch needs its own random numbers"
-    assert [r["correct"] for r in result.records] == [[True, False, False]] * 3
-    assert result.accuracy == 1.0 and result.pass_at[1] == pytest.approx(1 / 3) and result.pass_at[3] == 1.0
-    assert result.settings["k"] == 3 and result.settings["seed"] == 5
-
-
-def test_evaluate_is_deterministic_for_a_seed(tokenizer):
-    model = tiny_lora(tokenizer)
-    run = lambda seed: evaluate(model, tokenizer, TASKS, k=2, max_new_tokens=6, batch_size=2, seed=seed, task=CD).records
-    first = run(3)
-    assert first == run(3)
-    assert first != run(4)
-
-
-def test_evaluate_rejects_bad_settings(tokenizer):
-    for kwargs, match in (({"k": 2, "greedy": True}, "greedy"), ({"k": 0}, "k=0"), ({"batch_size": 0}, "batch_size"),
-                          ({"temperature": 0.0}, "temperature")):
-        with pytest.raises(ValueError, match=match):
-            evaluate(None, tokenizer, TASKS, **kwargs, task=CD)
-    with pytest.raises(ValueError, match="empty"):
-        evaluate(None, tokenizer, [], task=CD)
+# ------------------------------------------------------------------ comparing two models
 
 
 def test_compare_lists_tasks_one_model_solves():

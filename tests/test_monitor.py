@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from grpo_helpers import monitor
 from grpo_helpers.countdown.data import EXAMPLE_ANSWER
 from grpo_helpers.countdown.task import countdown_task
-from grpo_helpers.monitor import hack_signals, hack_warning
+from grpo_helpers.monitor import HackWarning, hack_signals, hack_warning
 
 CD = countdown_task()
 
@@ -136,3 +138,14 @@ def test_warning_judges_the_last_window_only():
     late = history(10, reward=(0.6, 1.0), identical=0.0, uses_numbers=0.9)
     assert hack_warning(early + late) is None
     assert hack_warning(late + early[:5] + history(5, reward=(1.5, 1.5), identical=0.9)) is not None
+
+
+def test_the_warning_callback_says_it_once_when_it_starts_and_again_after_it_stopped(capsys):
+    hacked, flat = history(10, reward=(0.1, 1.0), identical=0.9), history(10, reward=(0.5, 0.5), identical=0.9)
+    trainer = SimpleNamespace(history=[], accelerator=SimpleNamespace(is_main_process=True))
+    callback, said = HackWarning(), []
+    for run in (hacked, hacked, flat, hacked):  # the whole history is judged at each step: hacked, still, over, again
+        trainer.history = run
+        callback.on_step_end(trainer, run[-1])
+        said.append(capsys.readouterr().out.count("REWARD HACKING"))
+    assert said == [1, 0, 0, 1]

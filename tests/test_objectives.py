@@ -228,7 +228,7 @@ def batch_logps(trainer, batch):
     from grpo_helpers.batch import batch_logprobs
 
     trainer.model.train()
-    return batch_logprobs(trainer.model, batch, temperature=trainer.config.rollout.temperature)
+    return batch_logprobs(trainer.model, batch, temperature=trainer.config.rollout.temperature, lean=True)
 
 
 def test_the_trainer_passes_token_lengths_to_the_overlong_penalty(tokenizer, length_reward, tmp_path):

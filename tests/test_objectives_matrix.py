@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 
 from grpo_helpers.config import load_config  # noqa: E402
 from grpo_helpers.errors import UsageError  # noqa: E402
-from grpo_helpers.inference import wilson_interval  # noqa: E402
+from grpo_helpers.evaluation import wilson_interval  # noqa: E402
 from grpo_helpers.objectives import ARMS, BASELINE, arm_config, plot_objectives, summarize  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from grpo_helpers.config import load_config
-from grpo_helpers.inference import evaluate
+from grpo_helpers.evaluation import evaluate
 from grpo_helpers.sft import ColdStart
 from grpo_helpers.task import Task, render_prompt
 from grpo_helpers.trainer import GRPOTrainer

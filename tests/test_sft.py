@@ -11,7 +11,7 @@ from grpo_helpers.config import load_config
 from grpo_helpers.countdown.data import generate_tiers, render_prompts
 from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.task import tokenize_prompts
-from grpo_helpers.loss import completion_logprobs
+from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.rollout import generate_groups, select_groups
 from grpo_helpers.sft import ColdStart, balanced_sample, sft_loss, trace_batch
 from grpo_helpers.trainer import GRPOTrainer

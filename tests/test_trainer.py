@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from grpo_helpers.callbacks import Callback
 from grpo_helpers.config import ConfigError, load_config
 from grpo_helpers.countdown.data import generate_countdown
-from grpo_helpers.loss import completion_logprobs
+from grpo_helpers.doctor import DoctorReport
+from grpo_helpers.logprobs import completion_logprobs
+from grpo_helpers.monitor import HackWarning
 from grpo_helpers.trainer import GRPOTrainer, list_checkpoints
 from tiny import tiny_llama, tiny_lora
 
@@ -85,6 +88,34 @@ def test_metrics_file_has_every_documented_key(tokenizer, length_reward, tmp_pat
     assert len(completions) == 2 * 2 * 3 and {"completion", "reward", "rewards/length", "advantage"} <= set(completions[0])
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 1, 2] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
+
+
+class Ends(Callback):
+    """Counts train() ends and keeps the verdict the default callbacks left for the ones after them."""
+
+    def __init__(self):
+        self.calls, self.findings = 0, None
+
+    def on_train_end(self, trainer):
+        self.calls += 1
+        self.findings = list(trainer.findings)
+
+
+def test_a_callbacks_train_end_runs_once_after_the_doctors_verdict(tokenizer, length_reward, tmp_path, capsys):
+    ends = Ends()
+    trainer = GRPOTrainer(small_config(tmp_path), train_dataset=TASKS[:32], eval_dataset=TASKS[32:],
+                          model=tiny_lora(tokenizer), tokenizer=tokenizer, callbacks=[ends])
+    assert [type(cb) for cb in trainer.callbacks] == [HackWarning, DoctorReport, Ends]
+    trainer.train()
+    assert ends.calls == 1 and ends.findings == trainer.findings != []  # two steps: at least "too short to judge"
+    assert "GRPO doctor:" in capsys.readouterr().out
+
+
+def test_the_default_callbacks_can_be_removed(tokenizer, length_reward, tmp_path, capsys):
+    trainer = make_trainer(tokenizer, tmp_path)
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, DoctorReport)]
+    trainer.train()
+    assert trainer.findings == [] and "GRPO doctor" not in capsys.readouterr().out
 
 
 def test_checkpoints_keep_the_last_k(tokenizer, length_reward, tmp_path):
@@ -222,29 +253,32 @@ def _gradients_of_one_update(trainer, batch):
     return captured, trainer.optimize([batch])
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_one_prompt_per_pass_gives_the_whole_batch_gradient(tokenizer, length_reward, tmp_path, loss_type):
-    """Cutting the batch into prompt groups and completions saves memory only: same gradient, same logged loss,
-    for every loss; and both equal the one-backward path (taken under HF gradient checkpointing or DeepSpeed)."""
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo"])
+def test_memory_lean_passes_give_the_plain_gradient(tokenizer, length_reward, tmp_path, loss_type):
+    """The memory-lean backward (the batch cut into prompt groups and completions) saves memory only: the plain
+    path's gradient and logged loss, for every loss; so does its one-backward-per-piece path (taken under HF
+    gradient checkpointing or DeepSpeed)."""
     settings = dict(num_prompts=3, beta=0.04, loss_type=loss_type, max_grad_norm=0.0)
+    plain = make_trainer(tokenizer, tmp_path / "plain", memory_lean=False, **settings)
     whole = make_trainer(tokenizer, tmp_path / "whole", prompts_per_pass=3, completions_per_pass=100, **settings)
     split = make_trainer(tokenizer, tmp_path / "split", prompts_per_pass=1, completions_per_pass=1, **settings)
     pairs = make_trainer(tokenizer, tmp_path / "pairs", prompts_per_pass=2, completions_per_pass=3, **settings)
-    one_backward = make_trainer(tokenizer, tmp_path / "one", prompts_per_pass=3, **settings)
+    one_backward = make_trainer(tokenizer, tmp_path / "one", prompts_per_pass=2, **settings)
     one_backward.model.gradient_checkpointing_enable()
-    for trainer in (whole, split, pairs, one_backward):  # the same non-zero adapter: policy differs from reference
+    assert all(t.config.train.memory_lean for t in (whole, split, pairs, one_backward))
+    for trainer in (plain, whole, split, pairs, one_backward):  # the same non-zero adapter: policy differs from reference
         torch.manual_seed(5)
         with torch.no_grad():
             for name, param in trainer.model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.3)
-    batch, _ = whole.make_batch()
+    batch, _ = plain.make_batch()
     for row in range(batch.rollout.completion_mask.shape[0]):  # as if row i stopped early: lengths differ
         batch.rollout.completion_mask[row, 2 + row % 5:] = 0
-    expected, expected_stats = _gradients_of_one_update(whole, batch)
+    expected, expected_stats = _gradients_of_one_update(plain, batch)
     assert any(g.abs().sum() > 0 for g in expected.values())
     assert expected_stats["kl"] > 0 and expected_stats["entropy"] > 0
-    for trainer in (split, pairs, one_backward):
+    for trainer in (whole, split, pairs, one_backward):
         got, got_stats = _gradients_of_one_update(trainer, batch)
         assert expected.keys() == got.keys() and expected
         for name in expected:
@@ -283,16 +317,17 @@ def test_the_run_records_the_split_it_actually_used(tokenizer, length_reward, tm
     assert split_digest(TASKS[:31], TASKS[31:])["sha256"] != expected["sha256"]
 
 
+@pytest.mark.parametrize("memory_lean", [False, True])
 @pytest.mark.parametrize("accum,iterations", [(2, 1), (1, 2), (2, 2)])
 def test_accumulation_and_several_passes_match_a_plain_reference(tokenizer, length_reward, tmp_path, accum,
-                                                                 iterations):
+                                                                 iterations, memory_lean):
     """grad_accum_steps batches summed into one optimizer step, and num_iterations steps on one rollout window:
-    the trainer's gradients (through its memory-saving small passes) at every optimizer step equal a plain
+    the trainer's gradients (plain, or through its memory-lean small passes) at every optimizer step equal a
     whole-batch backward of the same loss at the same weights, and it takes exactly num_iterations steps."""
     from grpo_helpers.loss import grpo_loss
 
     trainer = make_trainer(tokenizer, tmp_path, loss_type="grpo", grad_accum_steps=accum, num_iterations=iterations,
-                           max_grad_norm=0.0, beta=0.04)
+                           max_grad_norm=0.0, beta=0.04, memory_lean=memory_lean)
     batches = [trainer.make_batch()[0] for _ in range(accum)]
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     seen = []  # per optimizer step: (weights before it, gradients it applied)

@@ -164,10 +164,11 @@ def _sub_multisets(nums: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[i
     return [(a, b) for a, b in splits if a and b]
 
 
-def _reachable(nums: tuple[int, ...], memo: dict) -> dict[Value, str]:
-    """value -> one expression (fully parenthesised) for every value the sorted multiset `nums` can make."""
-    if nums in memo:
-        return memo[nums]
+def _reachable(nums: tuple[int, ...], memo: dict, *, whole: bool = False) -> dict[Value, str]:
+    """value -> one expression (fully parenthesised) for every value the sorted multiset `nums` can make; with
+    `whole`, only through whole non-negative values at every step."""
+    if (whole, nums) in memo:
+        return memo[whole, nums]
     if len(nums) == 1:
         out = {nums[0]: str(nums[0])}
     else:
@@ -175,12 +176,14 @@ def _reachable(nums: tuple[int, ...], memo: dict) -> dict[Value, str]:
         for a, b in _sub_multisets(nums):
             if a > b:  # (B, A) is also a split; _combinations already tries both orders
                 continue
-            for va, ea in _reachable(a, memo).items():
-                for vb, eb in _reachable(b, memo).items():
+            for va, ea in _reachable(a, memo, whole=whole).items():
+                for vb, eb in _reachable(b, memo, whole=whole).items():
                     for value, op, swapped in _combinations(va, vb):
+                        if whole and not (type(value) is int and value >= 0):  # _div keeps whole quotients ints
+                            continue
                         if value not in out:
                             out[value] = f"({eb} {op} {ea})" if swapped else f"({ea} {op} {eb})"
-    memo[nums] = out
+    memo[whole, nums] = out
     return out
 
 
@@ -220,6 +223,13 @@ def solve(nums: list[int] | tuple[int, ...], target: int) -> str | None:
                     eb = big[vb]
                     return f"{eb} {op} {ea}" if b_first else f"{ea} {op} {eb}"
     return None
+
+
+def solvable_in_whole_steps(nums: list[int] | tuple[int, ...], target: int, *, memo: dict | None = None) -> bool:
+    """Whether the numbers make target with every intermediate value a whole number >= 0: the arithmetic of the
+    cold-start traces (countdown/traces.py), which never write a fraction or a negative number. The same tables as
+    `solve`, filtered; `memo` shares them between calls (a trace's search asks about many overlapping sets)."""
+    return target in _reachable(tuple(sorted(nums)), {} if memo is None else memo, whole=True)
 
 
 def _tree_counts(nums: tuple[int, ...], memo: dict) -> dict[Value, int]:
@@ -610,7 +620,7 @@ def plot_dataset_stats(stats: dict):
 
 
 __all__ = [
-    "SYSTEM_PROMPT", "ASSISTANT_PREFIX", "generate_countdown", "solve", "count_solutions", "validate_rows",
+    "SYSTEM_PROMPT", "ASSISTANT_PREFIX", "generate_countdown", "solve", "solvable_in_whole_steps", "count_solutions", "validate_rows",
     "load_countdown", "train_test_split", "save_jsonl", "load_jsonl", "user_message", "build_messages",
     "render_prompt", "render_prompts", "dataset_stats", "plot_dataset_stats", "generate_tiers", "parse_tier",
     "task_key", "load_split", "require_task", "EXAMPLE_ANSWER",

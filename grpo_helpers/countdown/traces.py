@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from grpo_helpers.countdown.data import solvable_in_whole_steps
 from grpo_helpers.countdown.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, equation_reward, format_reward
 
 MAX_DEAD_ENDS = 2  # failed first steps written before the one that works (0..MAX_DEAD_ENDS, drawn per trace)
@@ -60,30 +61,6 @@ def _moves(a: Item, b: Item) -> list[tuple[str, Item, str]]:
             for op, value in out]
 
 
-def _solvable(items: tuple[Item, ...], target: int, memo: dict) -> Item | None:
-    """An item equal to target built from all items with whole non-negative steps, or None (memoised on values)."""
-    key = tuple(sorted(i.value for i in items))
-    if key in memo:
-        return memo[key]
-    found = None
-    if len(items) == 1:
-        found = items[0] if items[0].value == target else None
-    else:
-        for i in range(len(items)):
-            for j in range(i + 1, len(items)):
-                rest = tuple(x for k, x in enumerate(items) if k not in (i, j))
-                for _, made, _ in _moves(items[i], items[j]):
-                    found = _solvable(rest + (made,), target, memo)
-                    if found is not None:
-                        break
-                if found is not None:
-                    break
-            if found is not None:
-                break
-    memo[key] = found
-    return found
-
-
 def _pairs(items: tuple[Item, ...]) -> list[tuple[int, int]]:
     return [(i, j) for i in range(len(items)) for j in range(i + 1, len(items))]
 
@@ -105,12 +82,13 @@ def _search(items: tuple[Item, ...], target: int, rng: random.Random, lines: lis
         checks, hit = _last_step_lines(items[0], items[1], target)
         lines.extend(checks)
         return hit
-    memo: dict = {}
+    memo: dict = {}  # the solver's tables, shared by the checks of this step's moves
     good, dead = [], []
     for i, j in _pairs(items):
         rest = tuple(x for k, x in enumerate(items) if k not in (i, j))
         for _, made, words in _moves(items[i], items[j]):
-            (good if _solvable(rest + (made,), target, memo) else dead).append((words, made, rest))
+            solvable = solvable_in_whole_steps([x.value for x in rest + (made,)], target, memo=memo)
+            (good if solvable else dead).append((words, made, rest))
     if not good:
         return None
     rng.shuffle(dead)
