@@ -12,7 +12,7 @@ import random
 import statistics
 import time
 
-from grpo_helpers.countdown.data import count_solutions, generate_countdown, solve
+from grpo_helpers.countdown.game import count_solutions, generate_countdown, solve
 
 
 def timed_ms(fn, *args) -> tuple[float, object]:

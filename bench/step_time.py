@@ -64,7 +64,8 @@ def run_one(args: argparse.Namespace, overrides: dict) -> dict:
     """Train `warmup + steps` steps of one configuration in this process and summarise the timed ones."""
     torch.set_num_threads(args.threads)
     from grpo_helpers.config import load_config
-    from grpo_helpers.countdown.data import generate_countdown, train_test_split
+    from grpo_helpers.countdown.data import train_test_split
+    from grpo_helpers.countdown.game import generate_countdown
     from grpo_helpers.trainer import GRPOTrainer
 
     t0 = time.perf_counter()

@@ -3,7 +3,10 @@
 
 The game and data:
     task               the task contract (TRL's conventions): rows with a `prompt` column, reward functions, a judge
-    countdown/data     Countdown's rules, generator, exact solver; loading, splitting, files; prompts; dataset stats
+    countdown/game     Countdown's rules, exact arithmetic, generator and tiers, exact solver
+    countdown/data     Countdown rows: validation, loading, the train/test split, files
+    countdown/prompts  the Countdown prompt
+    countdown/stats    dataset statistics and their figure
     countdown/rewards  Countdown's verifier (no `eval`) and reward functions
     countdown/traces   solver-written reasoning traces for the cold start
     countdown/task     Countdown as one `Task`

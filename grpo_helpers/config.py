@@ -66,7 +66,7 @@ def _booleans(section: Any) -> None:
 
 
 def _valid_tier(name: str) -> bool:
-    from grpo_helpers.countdown.data import parse_tier  # the data section describes Countdown's generator
+    from grpo_helpers.countdown.game import parse_tier  # the data section describes Countdown's generator
 
     try:
         parse_tier(name)

@@ -11,11 +11,12 @@ from fractions import Fraction
 
 import pytest
 
-from grpo_helpers.countdown import data
-from grpo_helpers.countdown.data import (
-    ASSISTANT_PREFIX, SYSTEM_PROMPT, count_solutions, dataset_stats, generate_countdown,
-    load_countdown, load_jsonl, save_jsonl, solvable_in_whole_steps, solve, train_test_split, validate_rows,
-)
+from grpo_helpers.countdown import game
+from grpo_helpers.countdown.data import load_countdown, load_jsonl, save_jsonl, train_test_split, validate_rows
+from grpo_helpers.countdown.game import count_solutions, generate_countdown, solvable_in_whole_steps, solve
+from grpo_helpers.countdown.prompts import (ASSISTANT_PREFIX, SYSTEM_PROMPT, build_messages, render_prompts,
+                                            user_message)
+from grpo_helpers.countdown.stats import dataset_stats, plot_dataset_stats
 from grpo_helpers.samplers import PromptSampler
 from grpo_helpers.task import tokenize_prompts
 
@@ -198,7 +199,7 @@ def test_generation_rejects_bad_arguments(kwargs, field):
 
 
 def test_generation_gives_up_on_nearly_impossible_settings(monkeypatch):
-    monkeypatch.setattr(data, "MAX_ATTEMPTS", 1)  # value 1 from six numbers up to 99: rare on a first draw
+    monkeypatch.setattr(game, "MAX_ATTEMPTS", 1)  # value 1 from six numbers up to 99: rare on a first draw
     with pytest.raises(ValueError, match="max_target=1"):
         generate_countdown(50, sizes=[6], max_target=1, seed=0)
 
@@ -376,12 +377,12 @@ def test_sampler_rejects_bad_arguments(kwargs, field):
 
 def test_user_message_and_messages():
     task = {"nums": [44, 19, 35], "target": 98}
-    message = data.user_message(task["nums"], task["target"])
+    message = user_message(task["nums"], task["target"])
     assert message.startswith("Using the numbers [44, 19, 35], create an equation that equals 98.")
     assert "<answer>(1 + 2) / 3</answer>" in message
-    roles = [m["role"] for m in data.build_messages(task)]
+    roles = [m["role"] for m in build_messages(task)]
     assert roles == ["system", "user", "assistant"]
-    assert data.build_messages(task)[-1]["content"] == ASSISTANT_PREFIX
+    assert build_messages(task)[-1]["content"] == ASSISTANT_PREFIX
 
 
 @pytest.mark.slow
@@ -390,7 +391,7 @@ def test_render_and_tokenize_with_bundled_tokenizer():
 
     tokenizer = load_tokenizer()
     tasks = [{"nums": [44, 19, 35, 77], "target": 987}, {"nums": [1, 2], "target": 3}]
-    prompts = data.render_prompts(tokenizer, tasks)
+    prompts = render_prompts(tokenizer, tasks)
     for prompt, task in zip(prompts, tasks):
         assert prompt.endswith(ASSISTANT_PREFIX)
         assert str(task["nums"]) in prompt and f"equals {task['target']}" in prompt and SYSTEM_PROMPT in prompt
@@ -422,7 +423,7 @@ def test_dataset_stats_and_plot():
     assert stats["solvable_fraction"] == pytest.approx(60 / 61)
     sampled = dataset_stats(rows, sample_size=10, seed=1)
     assert sampled["sample_size"] == 10 == len(sampled["difficulty"])
-    fig = data.plot_dataset_stats(stats)
+    fig = plot_dataset_stats(stats)
     assert len(fig.axes) == 4
 
 

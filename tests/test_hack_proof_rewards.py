@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from grpo_helpers.countdown import data
+from grpo_helpers.countdown import game, prompts
 from grpo_helpers.config import PRESETS
 from grpo_helpers.countdown.rewards import (
     GROUNDED_WEIGHTS, REWARD_FUNCTIONS, SHAPED_WEIGHTS, closeness_reward, evaluate_expression, expression_numbers,
@@ -20,8 +20,8 @@ TASKS_PER_TIER = 420  # 2100 tasks in all
 
 # Answers that do not look at the task: what a policy that stopped reading the prompt writes.
 CONSTANT_COMPLETIONS = {
-    "example_well_formed": f" x</think>\n<answer>{data.EXAMPLE_ANSWER}</answer>",
-    "example_no_think": f"<answer>{data.EXAMPLE_ANSWER}</answer>",
+    "example_well_formed": f" x</think>\n<answer>{prompts.EXAMPLE_ANSWER}</answer>",
+    "example_no_think": f"<answer>{prompts.EXAMPLE_ANSWER}</answer>",
     "bare_one": " I think</think>\n<answer>1</answer>",
     "empty_answer": " hmm</think>\n<answer> </answer>",
     "no_reasoning_empty_answer": "</think>\n<answer></answer>",
@@ -40,7 +40,7 @@ def tasks() -> list[dict]:
     rows = []
     for i, tier in enumerate(TIERS):
         size, largest = map(int, tier.split("x"))
-        rows += data.generate_countdown(TASKS_PER_TIER, sizes=(size,), max_number=largest, seed=100 + i)
+        rows += game.generate_countdown(TASKS_PER_TIER, sizes=(size,), max_number=largest, seed=100 + i)
     assert len(rows) >= 2000
     return rows
 
@@ -76,7 +76,7 @@ def test_a_correct_well_formed_answer_earns_exactly_the_maximum(tasks):
     assert scores.total == [maximum] * len(tasks)
     # the exhaustive solver's answers (other expressions than the generator's) earn it too
     some = tasks[::50]
-    solved = [data.solve(t["nums"], t["target"]) for t in some]
+    solved = [game.solve(t["nums"], t["target"]) for t in some]
     scores = score_completions([well_formed(a) for a in solved], nums=[t["nums"] for t in some],
                                target=[t["target"] for t in some], weights=GROUNDED_WEIGHTS)
     assert scores.total == [maximum] * len(some)
@@ -112,8 +112,8 @@ def test_shaped_weights_pay_the_prompts_example_the_hack(tasks):
     (well_formed("(3 + 5) / (7 - 7)"), [3, 5, 7, 7], 1.0),  # undefined value, right numbers
     (well_formed("3 * 5 + 7"), [3, 5, 7, 1], 0.0),  # a number missing
     (well_formed("3 * 5 + 7 + 7"), [3, 5, 7], 0.0),  # a number used twice
-    (well_formed(data.EXAMPLE_ANSWER), [3, 5, 7], 0.0),  # the prompt's example
-    (well_formed(data.EXAMPLE_ANSWER), [2, 3, 1], 1.0),  # ... on the one task it is built from
+    (well_formed(prompts.EXAMPLE_ANSWER), [3, 5, 7], 0.0),  # the prompt's example
+    (well_formed(prompts.EXAMPLE_ANSWER), [2, 3, 1], 1.0),  # ... on the one task it is built from
     ("<answer>3 * 5 + 7</answer>", [3, 5, 7], 0.0),  # right numbers, no think block
     (well_formed("3 * 5 + 7") + " done", [3, 5, 7], 0.0),  # text after the answer
     (well_formed("3 ** 5 + 7"), [3, 5, 7], 0.0),  # not in the grammar
@@ -137,7 +137,7 @@ def test_grounded_format_reward(completion, nums, want):
     ("3 * 5 + 7 + 1 - 1", [3, 5, 7], 22, 0.0),  # extra numbers
     ("(3 * 5 + 7) / (7 - 7)", [3, 5, 7, 7, 7], 22, 0.0),  # division by zero
     ("3 * 5 + 7 / 0", [3, 5, 7, 0], 22, 0.0),
-    (data.EXAMPLE_ANSWER, [3, 5, 7], 22, 0.0),
+    (prompts.EXAMPLE_ANSWER, [3, 5, 7], 22, 0.0),
     ("", [3, 5, 7], 22, 0.0),
 ])
 def test_closeness_reward_values(answer, nums, target, want):
@@ -187,7 +187,7 @@ def test_grounded_rewards_never_raise_on_junk(completion, nums, target):
 CORRECTIONS = ("Wait,", "Wait, that leaves 7 unused.", "Let me check.", "Let me check again:", "Actually,", "Aha!",
                "Hmm, that is wrong.", "I made a mistake.", "Double-check:", "Verified \u2713", "Correct!", "Found it.")
 FILLER = ("", " ", "\n", "Let me think step by step.", "Okay.", "...")
-TASK_INDEPENDENT = (data.EXAMPLE_ANSWER, "(5 + 7) * 2", "1", "")  # and the target alone, and the target + 0
+TASK_INDEPENDENT = (prompts.EXAMPLE_ANSWER, "(5 + 7) * 2", "1", "")  # and the target alone, and the target + 0
 NO_ANSWER = ("\n</think>\n", "\n</think>", "")  # the answer left out, or the completion cut before it
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 from grpo_helpers.config import load_config
-from grpo_helpers.countdown.data import generate_tiers, train_test_split
+from grpo_helpers.countdown.data import train_test_split
+from grpo_helpers.countdown.game import generate_tiers
 from grpo_helpers.sft import run_cold_start
 from grpo_helpers.trainer import GRPOTrainer
 

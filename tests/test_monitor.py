@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from grpo_helpers import monitor
-from grpo_helpers.countdown.data import EXAMPLE_ANSWER
+from grpo_helpers.countdown.prompts import EXAMPLE_ANSWER
 from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.monitor import HackWarning, hack_signals, hack_warning
 

@@ -16,7 +16,9 @@ import pytest
 from grpo_helpers.countdown import rewards
 from grpo_helpers.checkpoint import list_checkpoints
 from grpo_helpers.config import ConfigError, load_config
-from grpo_helpers.countdown.data import count_solutions, dataset_stats, generate_countdown, load_countdown, solve
+from grpo_helpers.countdown.data import load_countdown
+from grpo_helpers.countdown.game import count_solutions, generate_countdown, solve
+from grpo_helpers.countdown.stats import dataset_stats
 from grpo_helpers.inference import load_policy
 from grpo_helpers.countdown.rewards import score_completions
 from grpo_helpers.scoring import RewardError

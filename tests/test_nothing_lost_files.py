@@ -15,7 +15,7 @@ import pytest
 import grpo_helpers.run_notebooks as run_notebooks
 from grpo_helpers.checkpoint import MANIFEST_FILE, checkpoint_path
 from grpo_helpers.config import load_config
-from grpo_helpers.countdown.data import generate_tiers
+from grpo_helpers.countdown.game import generate_tiers
 from grpo_helpers.run_folder import LogFileError, read_json_lines
 from grpo_helpers.sft import ColdStart
 from grpo_helpers.yaml_values import load_yaml

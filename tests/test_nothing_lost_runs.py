@@ -14,7 +14,7 @@ import yaml
 from grpo_helpers.checkpoint import list_checkpoints
 from grpo_helpers.config import ConfigError, load_config
 from grpo_helpers.config_history import HISTORY_FILE
-from grpo_helpers.countdown.data import generate_countdown, generate_tiers
+from grpo_helpers.countdown.game import generate_countdown, generate_tiers
 from grpo_helpers.run_folder import LOCK_FILE, RunFolderError
 from grpo_helpers.sft import run_cold_start
 from grpo_helpers.trainer import GRPOTrainer

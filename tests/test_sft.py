@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from grpo_helpers.config import load_config
-from grpo_helpers.countdown.data import generate_tiers, render_prompts
+from grpo_helpers.countdown.game import generate_tiers
+from grpo_helpers.countdown.prompts import render_prompts
 from grpo_helpers.countdown.task import countdown_task
 from grpo_helpers.task import tokenize_prompts
 from grpo_helpers.logprobs import completion_logprobs

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from grpo_helpers.countdown import data
+from grpo_helpers.countdown import data, game
 from grpo_helpers.config import ConfigError, DataConfig, RolloutConfig, load_config
-from grpo_helpers.countdown.data import count_solutions, generate_tiers, parse_tier, task_key
+from grpo_helpers.countdown.game import count_solutions, generate_tiers, parse_tier, task_key
 from grpo_helpers.samplers import PromptSampler, TierSampler, make_sampler
 from grpo_helpers.countdown.rewards import evaluate_expression, expression_numbers
 
@@ -86,7 +86,7 @@ def test_split_test_tasks_are_distinct_games_across_tiers(tiered_rows):
 
 
 def test_split_of_many_duplicates_keeps_test_games_out_of_train():
-    rows = data.generate_countdown(300, sizes=(2,), max_number=5, seed=0)  # ~50 distinct games, many repeats
+    rows = game.generate_countdown(300, sizes=(2,), max_number=5, seed=0)  # ~50 distinct games, many repeats
     assert len({task_key(r) for r in rows}) < 100
     train, test = data.train_test_split(rows, test_size=10, seed=0)
     assert len(test) == 10 and len({task_key(r) for r in test}) == 10
@@ -215,7 +215,7 @@ def test_tier_sampler_rejects_bad_arguments(tiered_rows):
     with pytest.raises(ValueError):
         TierSampler(tiered_rows, batch_size=4, seed=0, max_steps=0)
     with pytest.raises(ValueError):
-        TierSampler(data.generate_countdown(20, seed=0), batch_size=4, seed=0)  # rows without tiers
+        TierSampler(game.generate_countdown(20, seed=0), batch_size=4, seed=0)  # rows without tiers
     with pytest.raises(ValueError):
         TierSampler(tiered_rows[:10], batch_size=8, seed=0, world_size=2)  # too few rows for one step
     with pytest.raises(ValueError):
@@ -223,7 +223,7 @@ def test_tier_sampler_rejects_bad_arguments(tiered_rows):
 
 
 def test_make_sampler_picks_by_the_rows(tiered_rows):
-    plain = data.generate_countdown(20, seed=0)
+    plain = game.generate_countdown(20, seed=0)
     assert type(make_sampler(plain, batch_size=4, seed=0)) is PromptSampler
     mixed = tiered_rows[:10] + plain
     assert type(make_sampler(mixed, batch_size=4, seed=0)) is PromptSampler

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from grpo_helpers.countdown import data
+from grpo_helpers.countdown import game
 from grpo_helpers.countdown.rewards import equation_reward, evaluate_expression, format_reward
 from grpo_helpers.countdown.traces import make_trace, make_traces
 
@@ -20,7 +20,7 @@ TAIL = re.compile(r"\n</think>\n<answer>([^<>]*)</answer>$")
 
 def tasks_of(tier: str, n: int, seed: int) -> list[dict]:
     size, largest = map(int, tier.split("x"))
-    return data.generate_countdown(n, sizes=(size,), max_number=largest, seed=seed)
+    return game.generate_countdown(n, sizes=(size,), max_number=largest, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_tasks_without_a_whole_number_solution_get_no_trace(nums, target):
     assert make_trace(nums, target, rng=random.Random(0)) is None
     assert make_traces([{"nums": nums, "target": target}], seed=0) == []
     if len(nums) == 4:  # the solver finds the fractional solution the trace cannot write
-        answer = data.solve(nums, target)
+        answer = game.solve(nums, target)
         assert answer is not None and evaluate_expression(answer) == target
 
 

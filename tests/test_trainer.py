@@ -14,7 +14,7 @@ import torch
 
 from grpo_helpers.callbacks import Callback
 from grpo_helpers.config import ConfigError, load_config
-from grpo_helpers.countdown.data import generate_countdown
+from grpo_helpers.countdown.game import generate_countdown
 from grpo_helpers.doctor import DoctorReport
 from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.monitor import HackWarning
@@ -149,7 +149,7 @@ RUN_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from grpo_helpers.countdown import rewards
     from grpo_helpers.config import load_config
-    from grpo_helpers.countdown.data import generate_countdown
+    from grpo_helpers.countdown.game import generate_countdown
     from grpo_helpers.models import load_tokenizer
     from grpo_helpers.trainer import Callback, GRPOTrainer
     from tiny import length_reward, tiny_lora

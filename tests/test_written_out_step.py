@@ -10,7 +10,7 @@ import torch
 
 from grpo_helpers import trainer as trainer_module
 from grpo_helpers.config import load_config
-from grpo_helpers.countdown.data import generate_countdown
+from grpo_helpers.countdown.game import generate_countdown
 from grpo_helpers.logprobs import completion_logprobs
 from grpo_helpers.loss import group_advantages, grpo_loss
 from grpo_helpers.preflight import thrown_away

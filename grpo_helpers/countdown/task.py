@@ -12,7 +12,9 @@ from typing import Any, Sequence
 import torch
 
 from grpo_helpers.config import ConfigError
-from grpo_helpers.countdown.data import EXAMPLE_ANSWER, build_messages, require_task, task_key, validate_rows
+from grpo_helpers.countdown.data import validate_rows
+from grpo_helpers.countdown.game import require_task, task_key
+from grpo_helpers.countdown.prompts import EXAMPLE_ANSWER, build_messages
 from grpo_helpers.countdown.rewards import GROUNDED_WEIGHTS, REWARD_FUNCTIONS, evaluate_expression, uses_numbers_reward
 from grpo_helpers.countdown.traces import make_traces
 from grpo_helpers.inference import ask

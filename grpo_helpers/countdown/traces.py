@@ -30,7 +30,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from grpo_helpers.countdown.data import solvable_in_whole_steps
+from grpo_helpers.countdown.game import solvable_in_whole_steps
 from grpo_helpers.countdown.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, equation_reward, format_reward
 
 MAX_DEAD_ENDS = 2  # failed first steps written before the one that works (0..MAX_DEAD_ENDS, drawn per trace)
