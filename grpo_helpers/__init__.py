@@ -8,7 +8,8 @@ The game and data:
     countdown/prompts  the Countdown prompt
     countdown/stats    dataset statistics and their figure
     countdown/rewards  Countdown's verifier (no `eval`) and reward functions
-    countdown/traces   solver-written reasoning traces for the cold start
+    countdown/traces   solver-written reasoning traces for the cold start (some slip and catch it)
+    countdown/claims   every "a op b = c" a completion writes, recomputed: which false ones it corrects
     countdown/task     Countdown as one `Task`
     largest            chapter 08's task: the largest of five numbers
 
@@ -26,6 +27,7 @@ One GRPO step, in order:
 Monitoring:
     metrics            what a step logs (TRL's names), gathered over processes
     monitor            the reward-hack signals and warning
+    aha                the "aha" metrics: false claims corrected on the way to a correct answer
     doctor             the GRPO doctor: what is wrong with a run, in words
     dashboard          the live figure, with the doctor's verdict under it
     preflight          one throw-away step that shows a doomed run before it starts

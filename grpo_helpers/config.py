@@ -131,7 +131,8 @@ class DataConfig:
     test_size: int = 500
     """tasks held out for evaluation (deterministic for the seed; split evenly across tiers)"""
     tiers: list[str] = field(default_factory=list)
-    """difficulty tiers to generate, "NxM" = N numbers each <= M (e.g. ["2x20", "3x20"]); empty = task_sizes/max_number"""
+    """difficulty tiers to generate, "NxM" = N numbers each <= M (e.g. ["3x10", "4x99"]), "seed" = the hub set's shape
+    (3-4 numbers <= 99, targets <= 100); empty = task_sizes/max_number"""
     curriculum: str = "uniform"
     """how training draws tiers: uniform, linear (easiest first, shifting to the hardest), success (tiers the policy
     solves about half the time)"""
@@ -330,6 +331,10 @@ class ColdStartConfig:
     """traces written from the training split (at most one per task; tasks with no whole-number solution are skipped)"""
     sft_save_every: int = 50
     """cold-start checkpoint every this many steps (0 = only at the end)"""
+    sft_recovery_share: float = 0.0
+    """share of traces that make one slip and catch it ("9 * 4 = 34. Check: 9 * 4 = 36, not 34"), then recompute the
+    answer before `</think>`: the mistake caught that clean traces never show; needs a task whose traces take
+    `recovery_share` (Countdown's do). At 0.5 the CPU cold start did worse (bench/RESULTS.md), so presets keep 0"""
 
     def __post_init__(self) -> None:
         _booleans(self)
@@ -338,6 +343,7 @@ class ColdStartConfig:
         _number_in("sft_lr", self.sft_lr, 0.0, 1.0, low_open=True)
         _positive_int("sft_traces", self.sft_traces)
         _positive_int("sft_save_every", self.sft_save_every, 0)
+        _number_in("sft_recovery_share", self.sft_recovery_share, 0.0, 1.0)
 
 
 SECTIONS: dict[str, type] = {

@@ -42,8 +42,9 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any]] | None = None, *,
                  smooth: int = 5, title: str = "GRPO run"):
-    """2x3 panels: reward (total and per function), the hack monitor, held-out accuracy per tier (Wilson 95 %),
-    entropy and KL (when measured), completion length (and clipped share), and the share of groups with no signal."""
+    """2x3 panels: reward (total and per function), the hack monitor and the aha metrics, held-out accuracy per tier
+    (Wilson 95 %), entropy and KL (when measured), completion length (and clipped share), and the share of groups
+    with no signal."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 7), constrained_layout=True)
@@ -61,12 +62,15 @@ def plot_metrics(history: list[dict[str, Any]], eval_history: list[dict[str, Any
     ax = axes[0, 1]
     for key, label in (("hack/accuracy", "correct (training tasks)"), ("hack/uses_numbers", "uses the task's numbers"),
                        ("hack/identical_answers", "same answer as another question"),
-                       ("hack/copies_example", "copies the prompt's example")):
+                       ("hack/copies_example", "copies the prompt's example"),
+                       ("aha/rate", "aha: corrects a false claim, ends correct"),
+                       ("aha/false_claims", "leaves a false claim standing")):
         if history and key in history[0]:
-            ax.plot(steps, _smooth([m[key] for m in history], smooth), label=label)
+            ax.plot(steps, _smooth([m[key] for m in history], smooth), ls="--" if key.startswith("aha/") else "-",
+                    label=label)
     if history and "hack/accuracy" in history[0]:
         ax.legend(fontsize=7)
-    ax.set(title="hack monitor: is the policy looking at the task?", xlabel="step", ylim=(-0.02, 1.02))
+    ax.set(title="hack monitor and self-checks (claims recomputed)", xlabel="step", ylim=(-0.02, 1.02))
 
     ax = axes[0, 2]
     if eval_history:

@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from numbers import Integral
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from grpo_helpers.aha import aha_metrics
 from grpo_helpers.checks import require_int
 from grpo_helpers.monitor import hack_signals
 from grpo_helpers.rollout import generate_groups
@@ -197,8 +198,9 @@ def evaluate_tiers(model: torch.nn.Module, tokenizer, tasks: list[dict], *, per_
 
 
 def tier_metrics(results: dict[str, EvalResult], *, task: Task) -> dict[str, Any]:
-    """Flat metrics of `evaluate_tiers`: pooled `eval/accuracy`, format rate, length and the hack monitor's shares
-    (first samples), then per tier `eval/<tier>/accuracy` with its Wilson 95 % interval and task count."""
+    """Flat metrics of `evaluate_tiers`: pooled `eval/accuracy`, format rate, length, the hack monitor's shares and
+    the aha metrics (`eval/aha/rate`, ...; first samples), then per tier `eval/<tier>/accuracy` with its Wilson 95 %
+    interval and task count, and `eval/<tier>/aha/rate`, ..."""
     records = [r for result in results.values() for r in result.records]
     solved = sum(r["correct"][0] for r in records)
     first = [r["completions"][0] for r in records]
@@ -211,23 +213,37 @@ def tier_metrics(results: dict[str, EvalResult], *, task: Task) -> dict[str, Any
     if "hack/uses_numbers" in signals:
         out["eval/uses_numbers"] = signals["hack/uses_numbers"]
     out["eval/identical_answers"] = signals["hack/identical_answers"]
+    out.update({f"eval/{name}": value for name, value in _aha(records, task=task).items()})
     if list(results) != ["all"]:
         for tier, result in results.items():
             out.update({f"eval/{tier}/accuracy": result.accuracy, f"eval/{tier}/accuracy_low": result.accuracy_ci[0],
                         f"eval/{tier}/accuracy_high": result.accuracy_ci[1], f"eval/{tier}/num_tasks": result.num_tasks})
+            out.update({f"eval/{tier}/{name}": value for name, value in _aha(result.records, task=task).items()})
     return out
+
+
+def _aha(records: list[dict], *, task: Task) -> dict[str, float]:
+    """The aha metrics of first samples (grpo_helpers/aha.py), with the judgements already made."""
+    return aha_metrics([r["completions"][0] for r in records], [row_of(r) for r in records], task=task,
+                       correct=[r["correct"][0] for r in records])
 
 
 def split_by_tier(result: EvalResult, *, task: Task) -> dict[str, EvalResult]:
     """The same samples, scored tier by tier (records without a tier form "all"): per-tier pass@k and intervals
     from one mixed evaluation."""
-    by_tier: dict[str, list[dict]] = {}
+    return split_by(result, key=lambda record: record.get("tier") or "all", task=task)
+
+
+def split_by(result: EvalResult, *, key: Callable[[dict], Any], task: Task) -> dict[Any, EvalResult]:
+    """The same samples, scored per group of records (`key(record)`, e.g. the number of numbers), in the order
+    the groups first appear."""
+    groups: dict[Any, list[dict]] = {}
     for record in result.records:
-        by_tier.setdefault(record.get("tier") or "all", []).append(record)
-    return {tier: score_samples([row_of(r) for r in records], [r["completions"] for r in records], task=task,
+        groups.setdefault(key(record), []).append(record)
+    return {name: score_samples([row_of(r) for r in records], [r["completions"] for r in records], task=task,
                                 lengths=[r["lengths"] for r in records],
                                 truncated=[r["truncated"] for r in records])
-            for tier, records in by_tier.items()}
+            for name, records in groups.items()}
 
 
 def check_comparable(base: EvalResult, tuned: EvalResult) -> None:
@@ -245,12 +261,20 @@ def paired_sign_test(before: EvalResult, after: EvalResult) -> dict[str, Any]:
     sample), is the split further from 50/50 than chance allows? Tighter than comparing two Wilson intervals,
     because tasks both (or neither) solve carry no information about the difference."""
     check_comparable(before, after)
-    only_after = sum(a and not b for a, b in zip(after.solved, before.solved))
-    only_before = sum(b and not a for a, b in zip(after.solved, before.solved))
+    return sign_test(before.solved, after.solved)
+
+
+def sign_test(before: list[bool], after: list[bool]) -> dict[str, Any]:
+    """The exact two-sided sign test on paired yes/no outcomes (task i before and after): `paired_sign_test` on
+    solved tasks, chapter 06 on "is an aha"."""
+    if len(before) != len(after):
+        raise ValueError(f"paired outcomes need the same tasks: {len(before)} before, {len(after)} after")
+    only_after = sum(a and not b for a, b in zip(after, before))
+    only_before = sum(b and not a for a, b in zip(after, before))
     n, k = only_after + only_before, min(only_after, only_before)
     p_value = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
     return {"only_after": only_after, "only_before": only_before, "p_value": p_value}
 
 
-__all__ = ["RECORD_FIELDS", "EvalResult", "pass_at_k", "wilson_interval", "paired_sign_test", "row_of",
-           "score_samples", "evaluate", "evaluate_tiers", "tier_metrics", "split_by_tier"]
+__all__ = ["RECORD_FIELDS", "EvalResult", "pass_at_k", "wilson_interval", "paired_sign_test", "sign_test", "row_of",
+           "score_samples", "evaluate", "evaluate_tiers", "tier_metrics", "split_by_tier", "split_by"]

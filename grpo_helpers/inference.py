@@ -8,13 +8,15 @@ which training shares; this module builds on it.
 from __future__ import annotations
 
 import copy
+import html
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from grpo_helpers.aha import checked_claims
 from grpo_helpers.checks import require_int
 from grpo_helpers.errors import MissingFileError
 from grpo_helpers.evaluation import EvalResult, check_comparable, check_sampling, row_of, sampling_generator
@@ -25,7 +27,6 @@ from grpo_helpers.task import Task, extract_answer
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXPECTED_ADAPTER = ("a folder with adapter_config.json and adapter_model.safetensors, as written by "
                     "GRPOTrainer.save_adapter (chapter 04 writes it to {run_dir}/adapter)")
-AHA_PATTERNS = ("wait", "let's try another", "let me try", "aha", "actually", "recheck", "mistake")
 
 # --------------------------------------------------------------------------------------------------------------
 # Loading
@@ -234,29 +235,33 @@ def plot_comparison(base_result: EvalResult, tuned_result: EvalResult, *,
 
 
 # --------------------------------------------------------------------------------------------------------------
-# "Aha" moments
+# "Aha" moments: false claims corrected on the way to a correct answer (the claims recomputed, grpo_helpers/aha.py)
 
 
-def find_aha(records: list[dict], *, task: Task, patterns: Sequence[str] = AHA_PATTERNS) -> list[dict[str, Any]]:
-    """Completions that correct themselves (a phrase from `patterns`, any case, as whole words) AND end with a
-    correct answer, most corrections first, then shortest. Correctness is re-checked with the verifier, so the
-    records can be EvalResult.records (`completions` lists) or training log rows (one `completion` each)."""
-    if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) and p.strip() for p in patterns):
-        raise ValueError(f"patterns={patterns!r} is not allowed: a non-empty list of non-empty phrases")
-    # escaped literals between word-boundary lookarounds: linear time on untrusted text
-    regex = re.compile("|".join(rf"(?<!\w){re.escape(p.strip())}(?!\w)" for p in patterns), re.IGNORECASE)
+def find_aha(records: list[dict], *, task: Task) -> list[dict[str, Any]]:
+    """Every aha in evaluation records (`completions` lists) or training log rows (one `completion` each): the
+    completion, its corrections as (false claim, correction) pairs, most corrections first, then shortest."""
     found = []
     for index, record in enumerate(records):
         texts = record["completions"] if "completions" in record else [record["completion"]]
         row = {key: value for key, value in row_of(record).items() if key != "completion"}
+        claims = checked_claims(task, texts)  # first: a task without a checker is told so before any judging
         correct = task.correct(list(texts), [row], repeat=len(texts))
-        for text, ok in zip(texts, correct):
-            hits = [m.group(0).lower() for m in regex.finditer(text)]
-            if ok and hits:
-                found.append({"record": index, **row, "completion": text,
-                              "phrases": sorted(set(hits)), "corrections": len(hits), "length": len(text)})
-    return sorted(found, key=lambda a: (-a["corrections"], a["length"]))
+        for text, ok, claim in zip(texts, correct, claims):
+            if ok and claim.corrected:
+                found.append({"record": index, **row, "completion": text, "corrections": claim.corrected,
+                              "length": len(text)})
+    return sorted(found, key=lambda aha: (-len(aha["corrections"]), aha["length"]))
 
 
-__all__ = ["AHA_PATTERNS", "load_policy", "merge_and_save", "ask", "plot_tiers", "compare", "plot_comparison",
-           "find_aha"]
+def highlight(aha: dict[str, Any]) -> str:
+    """The completion as HTML with each corrected false claim marked red and its correction green (chapter 06)."""
+    text = html.escape(aha["completion"])
+    marks = {wrong: "#f8d7da" for wrong, _ in aha["corrections"]} | {right: "#d4edda" for _, right in aha["corrections"]}
+    for claim, colour in marks.items():  # a claim is digits, operators and spaces: unchanged by escaping
+        text = re.sub(rf"(?<!\d){re.escape(claim)}(?!\d)", f'<span style="background:{colour}">{claim}</span>', text)
+    return f"<pre>{text}</pre>"
+
+
+__all__ = ["load_policy", "merge_and_save", "ask", "plot_tiers", "compare", "plot_comparison",
+           "find_aha", "highlight"]

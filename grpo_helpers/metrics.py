@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from grpo_helpers.aha import aha_metrics
 from grpo_helpers.batch import Batch
 from grpo_helpers.distributed import gather, mean, total
 from grpo_helpers.monitor import hack_signals
@@ -50,6 +51,7 @@ def step_metrics(batches: list[Batch], stats: dict[str, float], *, task: Task, s
     # the hack monitor and per-tier training accuracy, over every process's completions
     answered = gather_object([(text, b.tasks[i // G]) for b in batches for i, text in enumerate(b.rollout.texts)])
     metrics.update(hack_signals([text for text, _ in answered], [row for _, row in answered], task=task))
+    metrics.update(aha_metrics([text for text, _ in answered], [row for _, row in answered], task=task))
     metrics.update(tier_accuracy(answered, task=task))
     discarded = total(accelerator, sum(b.dynamic.get("dynamic/discarded_tokens", 0) for b in batches))
     metrics["generated_tokens"] = metrics["completions/total_tokens"] + discarded  # the step's generation cost

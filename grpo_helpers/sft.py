@@ -148,6 +148,8 @@ class ColdStart:
         if self.task.traces is None:
             raise ValueError(f"the cold start needs prompt-completion rows (a 'completion' column) or a task with "
                              f"traces: task {self.task.name!r} has neither")
+        if cfg.sft_recovery_share:  # only Countdown-like traces know it: a user's traces(rows, seed) keeps working
+            return self.task.traces(picked, seed=seed, recovery_share=cfg.sft_recovery_share)
         return self.task.traces(picked, seed=seed)
 
     @property

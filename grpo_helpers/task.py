@@ -9,7 +9,8 @@ It follows TRL's conventions, so rows and reward functions written for TRL's `GR
 - correctness: one of the reward functions is the task's judge (`correct_reward`): a completion is correct when
   it scores exactly 1.0 there. Accuracy, held-out evaluation, the curriculum and the hack monitor all read it.
 Optional: a `tier` column names a row's difficulty (the curriculum draws tiers by measured success); rows with a
-`completion` column are prompt-completion pairs (TRL's format) for a supervised cold start.
+`completion` column are prompt-completion pairs (TRL's format) for a supervised cold start; a task whose reasoning
+makes checkable claims can give a `check_claims` that recomputes them (the `aha/*` metrics read it).
 
 Example (a task none of the package's files knows):
 
@@ -46,6 +47,15 @@ def extract_answer(completion: str) -> str | None:
     return completion[open_ + len(ANSWER_OPEN):close].strip()
 
 
+@dataclass(frozen=True)
+class Claims:
+    """What a completion's checkable claims came to, recomputed by the task (never taken from its words): each
+    false claim later replaced by the true one ("13 * 10 = 16" ... "13 * 10 = 130"), and the false ones left standing."""
+
+    corrected: list[tuple[str, str]]  # (the false claim, the later true claim about the same thing), as written
+    uncorrected: list[str]  # false claims nothing later in the completion corrects
+
+
 @dataclass
 class Task:
     """A verifiable task: its reward functions and judge, plus optional task-specific helpers."""
@@ -61,13 +71,16 @@ class Task:
     prompt: Callable[[dict], Prompt] | None = None
     """builds a row's prompt when the row has no `prompt` column (Countdown keeps its rows small this way)"""
     traces: Callable[..., list[dict]] | None = None
-    """`traces(rows, seed=...)` -> prompt-completion rows for a cold start (verified demonstrations)"""
+    """`traces(rows, seed=...)` -> prompt-completion rows for a cold start (verified demonstrations); with
+    `sft_recovery_share` > 0 the cold start also passes `recovery_share=`"""
     signals: Callable[[Sequence[str], Sequence[dict]], dict[str, float]] | None = None
     """task-specific hack-monitor shares, `signals(completions, rows)` -> {"hack/<name>": share}"""
     question_key: Callable[[dict], Any] | None = None
     """what makes two rows the same question for `hack/identical_answers` (None = the same prompt)"""
     example_answer: str | None = None
     """the prompt's own example answer, if it shows one: copying it everywhere is the classic hack"""
+    check_claims: Callable[[str], Claims] | None = None
+    """recomputes what a completion claims on its way (e.g. each "a op b = c"): self-corrections, the `aha/*` metrics"""
     check_rows: Callable[[list[dict]], list[dict]] | None = None
     """validates rows (and returns clean copies) before any work; None = every row needs a prompt"""
     name: str = "task"
@@ -193,5 +206,5 @@ def split_digest(train: Sequence[dict], test: Sequence[dict]) -> dict[str, Any]:
             "test_tiers": dict(Counter(r.get("tier") or "all" for r in test)), "sha256": digest.hexdigest()}
 
 
-__all__ = ["Prompt", "Task", "ANSWER_OPEN", "ANSWER_CLOSE", "extract_answer", "render_prompt", "tokenize_prompts",
+__all__ = ["Prompt", "Claims", "Task", "ANSWER_OPEN", "ANSWER_CLOSE", "extract_answer", "render_prompt", "tokenize_prompts",
            "split_digest"]

@@ -85,6 +85,15 @@ def test_scores_of_handcrafted_completions():
     assert result.summary()["pass@2"] == result.pass_at[2]
 
 
+def test_split_by_scores_each_group_as_its_own_evaluation():
+    result = handcrafted()
+    parts = evaluation.split_by(result, key=lambda record: record["index"] % 2, task=CD)  # tasks 0, 2 | task 1
+    assert list(parts) == [0, 1] and [p.num_tasks for p in parts.values()] == [2, 1]
+    assert parts[0].accuracy == 0.5 and parts[0].accuracy_ci == wilson_interval(1, 2) and parts[1].accuracy == 1.0
+    assert parts[0].pass_at[2] == 0.5 and parts[1].format_rate == 0.0  # k samples and the format kept per group
+    assert list(evaluation.split_by_tier(result, task=CD)) == [result.records[0]["tier"] or "all"]
+
+
 def test_evaluate_batches_keep_tasks_and_samples_in_order(tokenizer, monkeypatch):
     def texts_for(prompt, g):  # sample 0 correct for every task, the others wrong
         task = next(i for i, t in enumerate(TASKS) if f"numbers {t['nums']}" in prompt)

@@ -1,5 +1,5 @@
 """Chapter 06's tools: adapters load back exactly, merging changes nothing, one task is asked and judged, two models
-are compared side by side and "aha" moments are found (the evaluation itself: test_evaluation.py)."""
+are compared side by side (the evaluation itself: test_evaluation.py; "aha" moments: test_aha.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 from grpo_helpers import inference
 from grpo_helpers.countdown.task import solve_task
 from grpo_helpers.evaluation import score_samples
-from grpo_helpers.inference import compare, find_aha, load_policy, merge_and_save, plot_comparison
+from grpo_helpers.inference import compare, load_policy, merge_and_save, plot_comparison
 from scored_samples import CD, GOOD, TASKS, WRONG_NUMBERS, fake_generate, handcrafted
 from tiny import tiny_llama, tiny_lora
 
@@ -180,25 +180,6 @@ def test_plot_comparison_draws_wilson_error_bars():
     assert heights == [round(2 / 3, 6)]
     lines = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
     assert len(lines) == 2
-
-
-def test_find_aha_keeps_correct_self_corrections_best_first():
-    records = [
-        {"nums": [2, 4], "target": 8, "completions": [
-            " 2+4=6. Wait, that is wrong. Actually 2*4=8</think>\n<answer>2 * 4</answer>",  # 2 phrases, correct
-            " Wait, 2-4 no</think>\n<answer>2 - 4</answer>",  # phrase, wrong: not an aha
-            " 2*4=8</think>\n<answer>2 * 4</answer>",  # correct, no phrase
-            " awaiting a clue... WAIT, 2*4 is 8</think>\n<answer>2 * 4</answer>",  # "awaiting" is not "wait"; "WAIT" is
-        ]},
-        {"nums": [1, 9], "target": 10, "completion": " Let me try 1+9</think>\n<answer>1 + 9</answer>"},
-    ]
-    found = find_aha(records, task=CD)
-    assert [(a["record"], a["corrections"]) for a in found] == [(0, 2), (1, 1), (0, 1)]
-    assert found[0]["phrases"] == ["actually", "wait"]
-    assert found[1]["length"] < found[2]["length"]  # ties: shorter first
-    assert find_aha(records, patterns=("eureka",), task=CD) == []
-    with pytest.raises(ValueError, match="patterns"):
-        find_aha(records, patterns="wait", task=CD)
 
 
 # ------------------------------------------------------------------ the bundled model

@@ -66,6 +66,7 @@ def test_columns_reach_the_rewards_aligned_with_their_completions(tokenizer, tmp
     assert {"rewards/says_colour/mean", "rewards/brevity/mean", "hack/accuracy",
             "hack/identical_answers"} <= set(metrics)
     assert "hack/uses_numbers" not in metrics  # Countdown's own signal stays Countdown's
+    assert not any(key.startswith("aha/") for key in metrics)  # no claim checker, no aha metrics
     assert {"train/accuracy/easy", "train/accuracy/hard"} & set(metrics)  # the tier column drives per-tier accuracy
     saved = load_config(str(tmp_path / "run" / "config.yaml"))
     assert saved.rewards.reward_weights == {"says_colour": 1.0, "brevity": 0.5}  # what was trained, not the preset's

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from grpo_helpers.config import load_config
+from grpo_helpers.config import ConfigError, load_config
 from grpo_helpers.countdown.game import generate_tiers
 from grpo_helpers.countdown.prompts import render_prompts
 from grpo_helpers.countdown.task import countdown_task
@@ -109,6 +109,24 @@ def test_grpo_starts_from_the_cold_start_adapter(tokenizer, tmp_path):
         start_from_adapter(tiny_lora(tokenizer), tmp_path / "nowhere", r=4, alpha=8, target_modules=["q_proj"])
 
 
+def test_recovery_share_reaches_the_task_traces_and_a_users_traces_need_not_know_it(tokenizer, tmp_path):
+    """sft_recovery_share > 0: Countdown's traces slip once, catch it and verify; at 0 a user's traces(rows, seed)
+    is called as before."""
+    for share, recovering in ((1.0, True), (0.0, False)):
+        cold = ColdStart(sft_config(tmp_path / str(share), sft_recovery_share=share), train_dataset=TASKS,
+                         model=tiny_lora(tokenizer), tokenizer=tokenizer)
+        assert all(("\nVerify: " in r["completion"]) == recovering for r in cold.traces)
+    seen = []
+    users = countdown_task()
+    users.traces = lambda rows, seed: seen.append(seed) or [{**r, "completion": " 1</think>\n<answer>1</answer>"}
+                                                           for r in rows]
+    ColdStart(sft_config(tmp_path / "user"), train_dataset=TASKS, task=users, model=tiny_lora(tokenizer),
+              tokenizer=tokenizer)
+    assert seen == [load_config("cpu").train.seed]
+    with pytest.raises(ConfigError, match="sft_recovery_share"):
+        load_config("cpu", sft_recovery_share=1.5)
+
+
 def test_select_groups_rebuilds_one_rollout_from_several(tokenizer):
     model = tiny_lora(tokenizer)
     prompts_a = render_prompts(tokenizer, TASKS[:2])
@@ -156,7 +174,8 @@ def test_dynamic_sampling_swaps_groups_without_signal_and_logs_it(tokenizer, tmp
     batch, _ = rewarded.make_batch()
     assert batch.dynamic["dynamic/zero_std_after"] <= batch.dynamic["dynamic/zero_std_before"]
     metrics, _ = rewarded.train_step()
-    assert {"dynamic/zero_std_before", "dynamic/extra_prompts", "hack/uses_numbers"} <= set(metrics)
+    assert {"dynamic/zero_std_before", "dynamic/extra_prompts", "hack/uses_numbers", "aha/rate", "aha/false_claims",
+            "aha/self_corrected"} <= set(metrics)  # Countdown's claims are recomputed every step
     swapped_out = metrics["generated_tokens"] - metrics["completions/total_tokens"]  # the cost of the fresh prompts
     assert (swapped_out > 0) == (metrics["dynamic/extra_prompts"] > 0)
     metrics, _ = plain.train_step()

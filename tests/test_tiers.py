@@ -9,7 +9,7 @@ import pytest
 
 from grpo_helpers.countdown import data, game
 from grpo_helpers.config import ConfigError, DataConfig, RolloutConfig, load_config
-from grpo_helpers.countdown.game import count_solutions, generate_tiers, parse_tier, task_key
+from grpo_helpers.countdown.game import SEED_TIER, count_solutions, generate_tiers, parse_tier, task_key
 from grpo_helpers.samplers import PromptSampler, TierSampler, make_sampler
 from grpo_helpers.countdown.rewards import evaluate_expression, expression_numbers
 
@@ -36,8 +36,8 @@ def test_generate_tiers_rows_carry_tier_and_difficulty():
     assert Counter(r["tier"] for r in rows) == {"2x10": 16, "3x20": 16, "3x99": 15, "4x99": 15}
     assert [r["tier"] for r in rows] == sorted((r["tier"] for r in rows), key=tiers.index)  # tier after tier
     for row in rows:
-        size, largest = parse_tier(row["tier"])
-        assert len(row["nums"]) == size and all(1 <= x <= largest for x in row["nums"]), row
+        shape = parse_tier(row["tier"])
+        assert len(row["nums"]) in shape.sizes and all(1 <= x <= shape.max_number for x in row["nums"]), row
         assert row["num_solutions"] == count_solutions(row["nums"], row["target"]) >= 1, row
         assert evaluate_expression(row["solution"]) == row["target"]
         assert sorted(expression_numbers(row["solution"])) == sorted(row["nums"])
@@ -52,9 +52,33 @@ def test_generate_tiers_reaches_the_largest_numbers():
     assert largest == {"2x5": 5, "3x99": 99}
 
 
-@pytest.mark.parametrize("tiers", [["2-20"], ["1x20"], ["7x20"], ["x20"], ["3x"]])
+def test_the_seed_tier_has_the_hub_sets_shape():
+    """Countdown-Tasks-3to4, made here: 3 or 4 numbers from 1 to 99, a target up to 100, every task solvable."""
+    rows = generate_tiers(200, tiers=["seed"], seed=2)
+    sizes = Counter(len(r["nums"]) for r in rows)
+    assert set(sizes) == {3, 4} and min(sizes.values()) >= 70, sizes  # both sizes, roughly balanced
+    assert all(1 <= x <= 99 for r in rows for x in r["nums"]) and max(x for r in rows for x in r["nums"]) >= 95
+    assert all(1 <= r["target"] <= 100 for r in rows) and max(r["target"] for r in rows) >= 90
+    for row in rows[:40]:
+        assert row["tier"] == "seed" and row["num_solutions"] == count_solutions(row["nums"], row["target"]) >= 1
+        assert evaluate_expression(row["solution"]) == row["target"]
+    assert parse_tier("seed") == SEED_TIER and SEED_TIER.sizes == (3, 4)
+    assert load_config("cpu", tiers=["3x10", "seed"]).data.tiers == ["3x10", "seed"]
+
+
+def test_held_out_tier_never_repeats_a_training_task():
+    train = generate_tiers(400, tiers=["3x10", "seed"], seed=0)
+    rows = data.held_out_tier(100, tier="seed", train=train)
+    assert len(rows) == 100 and {r["tier"] for r in rows} == {"seed"}
+    assert not {task_key(r) for r in rows} & {task_key(r) for r in train}
+    assert data.held_out_tier(100, tier="seed", train=train) == rows  # deterministic
+    with pytest.raises(ValueError, match="'2x2' tasks are not training tasks"):  # a tier with a handful of games
+        data.held_out_tier(10, tier="2x2", train=generate_tiers(200, tiers=["2x2"], seed=0))
+
+
+@pytest.mark.parametrize("tiers", [["2-20"], ["1x20"], ["7x20"], ["x20"], ["3x"], ["Seed"]])
 def test_generate_tiers_rejects_bad_names(tiers):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'seed'"):
         generate_tiers(10, tiers=tiers)
 
 
@@ -260,5 +284,5 @@ def test_config_accepts_tiers_and_curricula():
     cfg = load_config("cpu", tiers=["2x20", "3x20", "4x99"], curriculum="linear", dynamic_sampling=4)
     assert cfg.data.tiers == ["2x20", "3x20", "4x99"] and cfg.data.curriculum == "linear"
     assert cfg.rollout.dynamic_sampling == 4
-    assert [parse_tier(t) for t in cfg.data.tiers] == [(2, 20), (3, 20), (4, 99)]
+    assert [(t.sizes, t.max_number) for t in map(parse_tier, cfg.data.tiers)] == [((2,), 20), ((3,), 20), ((4,), 99)]
     assert DataConfig().tiers == [] and DataConfig().curriculum == "uniform"

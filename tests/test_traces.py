@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from grpo_helpers.countdown import game
+from grpo_helpers.countdown.claims import check_claims
 from grpo_helpers.countdown.rewards import equation_reward, evaluate_expression, format_reward
 from grpo_helpers.countdown.traces import make_trace, make_traces
 
@@ -16,6 +17,8 @@ TIERS = ("2x20", "3x20", "3x99", "4x99")
 STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+), then ((?:\d+ )*\d+)(: no)?\.$")
 CHECK = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)(?:, not (\d+)|\. (Found it))\.$")
 TAIL = re.compile(r"\n</think>\n<answer>([^<>]*)</answer>$")
+SLIP = re.compile(r"^(\d+ [-+*/] \d+) = (\d+)\. Check: \1 = (\d+), not \2(.*)$")
+VERIFY = re.compile(r"^Verify: (.+)\. All numbers used once\.$")
 
 
 def tasks_of(tier: str, n: int, seed: int) -> list[dict]:
@@ -54,13 +57,48 @@ def whole_solvable(values: tuple[int, ...], target: int, memo: dict | None = Non
     return memo[key]
 
 
-def check_trace(completion: str, nums: list[int], target: int) -> None:
+def without_slip(line: str, target: int) -> tuple[str, bool]:
+    """A line with a deliberate slip ("9 * 4 = 34. Check: 9 * 4 = 36, not 34, then 2 36.") as the line it would be
+    without it, after checking the slip is false and is caught on the spot; (line, whether it had a slip)."""
+    m = SLIP.match(line)
+    if not m:
+        return line, False
+    a, op, b = m[1].split(" ")
+    assert whole_results(int(a), int(b)).get(op) != int(m[2]), f"the slip {m[1]} = {m[2]} is true: {line!r}"
+    if m[4] == ".":  # a miss among the last checks, first claimed to hit the target
+        assert int(m[2]) == target, f"a slip in the last checks claims the target: {line!r}"
+        return f"{m[1]} = {m[3]}, not {target}.", True
+    assert m[4] == ". Found it." or m[4].startswith(", then "), f"a slip in an unexpected place: {line!r}"
+    return f"{m[1]} = {m[3]}{m[4]}", True
+
+
+def check_verify(line: str, nums: list[int], target: int) -> None:
+    """The final check recomputes the answer from the given numbers: true steps that use each number once, then
+    the results, ending at the target."""
+    m = VERIFY.match(line)
+    assert m, f"not a final check: {line!r}"
+    state = Counter(nums)
+    for step in m[1].split(", "):
+        a, op, b, _, c = step.split(" ")
+        assert whole_results(int(a), int(b)).get(op) == int(c), f"false step {step!r} in {line!r}"
+        assert state[int(a)] >= 1 and state[int(b)] >= 1 + (a == b), f"{step!r} uses numbers not on the table"
+        state = state - Counter([int(a), int(b)]) + Counter([int(c)])
+    assert state == Counter([target]), f"{line!r} does not end at {target} with every number used once"
+
+
+def check_trace(completion: str, nums: list[int], target: int, *, recover: bool = False) -> None:
     """Replays the trace: every step's arithmetic, the numbers left after it, every 'no.', and the checks of the
-    last two numbers (every operation in order, each compared with the target, up to the one that hits it)."""
+    last two numbers (every operation in order, each compared with the target, up to the one that hits it). A
+    recovering trace may make one slip, caught where it is made, and ends with a final check (`check_verify`)."""
     tail = TAIL.search(completion)
     assert tail, f"trace does not end with </think> and an answer block: {completion!r}"
     assert completion.startswith(" "), "the trace continues the prompt's '<think>' after a space"
     lines = completion[1:tail.start()].split("\n")
+    if recover:
+        check_verify(lines.pop(), nums, target)
+    unslipped = [without_slip(line, target) for line in lines]
+    assert sum(slipped for _, slipped in unslipped) <= (1 if recover else 0), f"too many slips: {lines!r}"
+    lines = [line for line, _ in unslipped]
     state = Counter(nums)
     while lines and STEP.match(lines[0]):
         line = lines.pop(0)
@@ -160,6 +198,60 @@ def test_make_traces_leaves_out_only_the_unsolvable_task():
     tasks = [{"nums": [2, 3], "target": 6}, {"nums": [1, 1], "target": 7}, {"nums": [9, 4, 2], "target": 18}]
     rows = make_traces(tasks, seed=0)
     assert [(r["nums"], r["target"]) for r in rows] == [([2, 3], 6), ([9, 4, 2], 18)]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_recovering_traces_make_one_caught_slip_and_verify_the_answer(tiered_tasks, tier):
+    """Every claim is true except the marked slip, caught in its own line; the claim checker of the aha metric
+    (countdown/claims.py) sees exactly that slip corrected and nothing left standing."""
+    tasks = tiered_tasks[tier]
+    rows = make_traces(tasks, seed=1, recovery_share=1.0)
+    assert len(rows) == len(make_traces(tasks, seed=1))  # the same tasks get a trace
+    places: Counter = Counter()
+    for row in rows:
+        check_trace(row["completion"], row["nums"], row["target"], recover=True)
+        claims = check_claims(row["completion"])
+        assert claims.uncorrected == [] and len(claims.corrected) == 1, row["completion"]
+        slip = next(line for line in row["completion"].split("\n") if "Check:" in line)
+        places["hit" if slip.endswith("Found it.") else "step" if ", then " in slip else "miss"] += 1
+    # on a step taken, on a miss among the last checks, on the hit itself (2 numbers: no step to take)
+    assert set(places) == ({"hit", "miss"} if tier.startswith("2") else {"hit", "miss", "step"}), places
+    assert equation_reward([r["completion"] for r in rows], nums=[r["nums"] for r in rows],
+                           target=[r["target"] for r in rows]) == [1.0] * len(rows)
+
+
+def test_recovery_share_mixes_traces_and_zero_leaves_them_unchanged(tiered_tasks):
+    tasks = tiered_tasks["3x20"] + tiered_tasks["4x99"]
+    assert make_traces(tasks, seed=4, recovery_share=0.0) == make_traces(tasks, seed=4)
+    mixed = make_traces(tasks, seed=4, recovery_share=0.5)
+    share = sum("\nVerify: " in r["completion"] for r in mixed) / len(mixed)
+    assert 0.3 <= share <= 0.7, share
+    for row in mixed:
+        clean = check_claims(row["completion"]).corrected == []
+        assert clean or "\nVerify: " in row["completion"]  # slips only in recovering traces
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ValueError, match="recovery_share"):
+            make_traces(tasks, seed=4, recovery_share=bad)
+
+
+def test_the_replay_check_catches_slips_that_are_not_caught():
+    good = (" 9 * 4 = 34. Check: 9 * 4 = 36, not 34, then 2 36.\n36 + 2 = 38, not 18.\n"
+            "36 - 2 = 18. Check: 36 - 2 = 34, not 18.\n36 * 2 = 72, not 18.\n36 / 2 = 18. Found it.\n"
+            "Verify: 9 * 4 = 36, 36 / 2 = 18. All numbers used once.\n</think>\n<answer>(9 * 4) / 2</answer>")
+    with pytest.raises(AssertionError, match="too many slips"):  # two slips where one is allowed
+        check_trace(good, [9, 4, 2], 18, recover=True)
+    one = good.replace("36 - 2 = 18. Check: 36 - 2 = 34, not 18.", "36 - 2 = 34, not 18.")
+    check_trace(one, [9, 4, 2], 18, recover=True)
+    with pytest.raises(AssertionError):  # a clean trace has no slip
+        check_trace(one.replace("\nVerify: 9 * 4 = 36, 36 / 2 = 18. All numbers used once.", ""), [9, 4, 2], 18)
+    for bad in (one.replace("9 * 4 = 34. Check: 9 * 4 = 36, not 34,", "9 * 4 = 34,"),  # the slip not caught
+                one.replace("Check: 9 * 4 = 36, not 34", "Check: 9 * 4 = 35, not 34"),  # a false re-check
+                one.replace("9 * 4 = 34. Check: 9 * 4 = 36, not 34", "9 * 4 = 36. Check: 9 * 4 = 36, not 36"),  # no slip
+                one.replace("Verify: 9 * 4 = 36,", "Verify: 9 * 4 = 35,"),  # a false final check
+                one.replace("Verify: 9 * 4 = 36, 36 / 2 = 18.", "Verify: 9 * 4 = 36."),  # not at the target
+                one.replace("\nVerify: 9 * 4 = 36, 36 / 2 = 18. All numbers used once.", "")):  # no final check
+        with pytest.raises(AssertionError):
+            check_trace(bad, [9, 4, 2], 18, recover=True)
 
 
 def test_the_replay_check_catches_false_claims():

@@ -184,6 +184,17 @@ def load_split(data_config, *, seed: int) -> tuple[list[dict], list[dict]]:  # d
     return train_test_split(rows, test_size=data_config.test_size, seed=seed)
 
 
+def held_out_tier(n: int, *, tier: str, train: list[dict], seed: int = 99) -> list[dict]:
+    """`n` tasks of a tier no run trained on (e.g. "seed", the hub set's shape), none equal to a training task: a
+    held-out set for a tier the split does not hold."""
+    require_int("n", n, 1)
+    seen = {task_key(row) for row in train}
+    rows = [row for row in generate_tiers(2 * n, tiers=[tier], seed=seed) if task_key(row) not in seen][:n]
+    if len(rows) < n:  # the tier is mostly inside the training tasks: fewer tasks would judge silently less
+        raise ValueError(f"only {len(rows)} of {2 * n} {tier!r} tasks are not training tasks: choose a harder tier")
+    return rows
+
+
 def save_jsonl(rows: list[dict], path: str | Path) -> None:
     """One JSON object per line, written to a temp file then renamed, so readers never see half a file."""
     path = Path(path)
@@ -215,4 +226,4 @@ def load_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-__all__ = ["validate_rows", "load_countdown", "train_test_split", "load_split", "save_jsonl", "load_jsonl", "FILE_TYPES", "HUB_EXAMPLE"]
+__all__ = ["validate_rows", "load_countdown", "train_test_split", "load_split", "held_out_tier", "save_jsonl", "load_jsonl", "FILE_TYPES", "HUB_EXAMPLE"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral
 from typing import Any
@@ -287,25 +288,43 @@ def count_solutions(nums: list[int] | tuple[int, ...], target: int) -> int:
 # Difficulty tiers, and what makes two tasks the same
 
 
-def parse_tier(name: str) -> tuple[int, int]:
-    """ "3x20" -> (3, 20): how many numbers (2..MAX_SOLVER_NUMBERS) and the largest one (2..10,000)."""
+@dataclass(frozen=True)
+class Tier:
+    """The shape of a tier's tasks: how many numbers, the largest number, the largest target."""
+
+    sizes: tuple[int, ...]
+    max_number: int
+    max_target: int = 1000
+
+
+# The seed's own task, Jiayi-Pan/Countdown-Tasks-3to4 (the hub set the GPU recipe trains on): 3 or 4 numbers from
+# 1 to 99 and a target up to 100, generated here (no download) so the CPU demo can be judged on it.
+SEED_TIER = Tier(sizes=(3, 4), max_number=99, max_target=100)
+
+
+def parse_tier(name: str) -> Tier:
+    """ "3x20" -> 3 numbers each <= 20 (N in 2..MAX_SOLVER_NUMBERS, M in 2..10,000); "seed" -> SEED_TIER."""
+    if name == "seed":
+        return SEED_TIER
     size, sep, largest = name.partition("x") if isinstance(name, str) else ("", "", "")
     if not (sep and size.isdigit() and largest.isdigit() and 2 <= int(size) <= MAX_SOLVER_NUMBERS
             and 2 <= int(largest) <= 10_000):
         raise ValueError(f"tier {name!r} is not allowed: 'NxM' with N numbers (2..{MAX_SOLVER_NUMBERS}) each <= M "
-                         f"(2..10000), e.g. '3x20'")
-    return int(size), int(largest)
+                         f"(2..10000), e.g. '3x20', or 'seed' (3-4 numbers <= 99, targets <= 100: the hub set's shape)")
+    return Tier(sizes=(int(size),), max_number=int(largest))
 
 
 def generate_tiers(n: int, *, tiers: list[str] | tuple[str, ...], seed: int = 42) -> list[dict]:
-    """`n` solvable tasks split evenly over difficulty tiers ("NxM": N numbers, each <= M), tier after tier.
-    Each row also carries its difficulty: `tier` and `num_solutions` (count_solutions: 1 = a single way)."""
+    """`n` solvable tasks split evenly over difficulty tiers ("NxM": N numbers, each <= M; "seed": the hub set's
+    shape), tier after tier. Each row also carries its difficulty: `tier` and `num_solutions` (count_solutions: 1 = a
+    single way)."""
     require_int("n", n, len(tiers) or 1)
     rows: list[dict] = []
     for index, name in enumerate(tiers):
-        size, largest = parse_tier(name)
+        shape = parse_tier(name)
         count = n // len(tiers) + (index < n % len(tiers))
-        for row in generate_countdown(count, sizes=(size,), max_number=largest, seed=seed + 7919 * index):
+        for row in generate_countdown(count, sizes=shape.sizes, max_number=shape.max_number,
+                                      max_target=shape.max_target, seed=seed + 7919 * index):
             rows.append({**row, "tier": name, "num_solutions": count_solutions(row["nums"], row["target"])})
     return rows
 
@@ -315,4 +334,4 @@ def task_key(row: dict) -> tuple[tuple[int, ...], int]:
     return tuple(sorted(row["nums"])), row["target"]
 
 
-__all__ = ["require_task", "generate_countdown", "solve", "solvable_in_whole_steps", "count_solutions", "parse_tier", "generate_tiers", "task_key", "MAX_SOLVER_NUMBERS"]
+__all__ = ["require_task", "generate_countdown", "solve", "solvable_in_whole_steps", "count_solutions", "Tier", "SEED_TIER", "parse_tier", "generate_tiers", "task_key", "MAX_SOLVER_NUMBERS"]

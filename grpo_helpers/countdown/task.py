@@ -1,4 +1,5 @@
-"""Countdown as one task of the contract in grpo_helpers/task.py: its rewards, judge, prompt, traces and signals.
+"""Countdown as one task of the contract in grpo_helpers/task.py: its rewards, judge, prompt, traces, signals and
+claim checker.
 
 Countdown rows stay small (`nums`, `target`, `solution`, optionally `tier` and `num_solutions`): the prompt is
 built from them (`data.build_messages`), and every column reaches the reward functions by name.
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from grpo_helpers.config import ConfigError
+from grpo_helpers.countdown.claims import check_claims
 from grpo_helpers.countdown.data import validate_rows
 from grpo_helpers.countdown.game import require_task, task_key
 from grpo_helpers.countdown.prompts import EXAMPLE_ANSWER, build_messages
@@ -42,8 +44,8 @@ def countdown_task(reward_weights: dict[str, float] | None = None) -> Task:
                               f"{', '.join(map(repr, REWARD_FUNCTIONS))}")
     return Task(reward_funcs=dict(REWARD_FUNCTIONS), reward_weights=weights, correct_reward="equation",
                 format_reward="format", prompt=build_messages, traces=make_traces, signals=countdown_signals,
-                question_key=lambda row: task_key(row)[0], example_answer=EXAMPLE_ANSWER, check_rows=validate_rows,
-                name="countdown")
+                question_key=lambda row: task_key(row)[0], example_answer=EXAMPLE_ANSWER, check_claims=check_claims,
+                check_rows=validate_rows, name="countdown")
 
 
 def solve_task(model: torch.nn.Module, tokenizer, nums: Sequence[int], target: int, *, max_new_tokens: int = 256,

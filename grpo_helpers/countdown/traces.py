@@ -22,12 +22,27 @@ and the cold-started model often computed the right result and then answered wit
 Every claim in a trace is computed. Only whole non-negative intermediate values are used (so the words stay
 simple): a dead end's "no" means no way on from there with such steps (the game also allows fractions, which the
 traces never use). Each trace is kept only when the reward functions give it format 1 and equation 1.
+
+A recovering trace (`recover=True`; the cold start's `sft_recovery_share`) shows what clean traces never do: a
+mistake caught. One step is first miscomputed and re-checked on the spot, and the answer is recomputed from the
+given numbers before `</think>` (Gandhi et al. 2025: traces with verification and backtracking let RL improve a
+small model on Countdown where clean ones did not):
+
+     9 * 4 = 34. Check: 9 * 4 = 36, not 34, then 2 36.
+    36 + 2 = 38, not 18.
+    ...
+    36 / 2 = 18. Found it.
+    Verify: 9 * 4 = 36, 36 / 2 = 18. All numbers used once.
+
+The slip falls on a step taken (as above), on a miss of the last two numbers first claimed to hit ("36 - 2 = 18.
+Check: 36 - 2 = 34, not 18."), or on the hit itself. Every other claim is true, and the slip is corrected in the
+line that makes it.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from grpo_helpers.countdown.game import solvable_in_whole_steps
@@ -65,23 +80,60 @@ def _pairs(items: tuple[Item, ...]) -> list[tuple[int, int]]:
     return [(i, j) for i in range(len(items)) for j in range(i + 1, len(items))]
 
 
-def _last_step_lines(a: Item, b: Item, target: int) -> tuple[list[str], Item | None]:
+@dataclass
+class Writer:
+    """What one trace's writing carries along: the rng, whether a deliberate slip is still to come, and the steps
+    that make the answer (its final check recomputes them)."""
+
+    rng: random.Random
+    slip_pending: bool
+    path: list[str] = field(default_factory=list)
+
+    def slip_now(self, places: int) -> int | None:
+        """Which of `places` places to slip on, or None (no slip pending, or nowhere to slip)."""
+        if not self.slip_pending or places == 0:
+            return None
+        self.slip_pending = False
+        return self.rng.randrange(places)
+
+
+def _slipped(words: str, wrong: int) -> str:
+    """"9 * 4 = 36" written first as a false claim and then re-checked: "9 * 4 = 34. Check: 9 * 4 = 36, not 34"."""
+    operation = words.rsplit(" = ", 1)[0]
+    return f"{operation} = {wrong}. Check: {words}, not {wrong}"
+
+
+def _last_step_lines(a: Item, b: Item, target: int, writer: Writer) -> tuple[list[str], Item | None]:
     """One line per operation on the last two numbers, each checked against the target, up to the one that hits
-    it; that item, or None (every line then says "not")."""
+    it; that item, or None (every line then says "not"). A pending slip claims the target for one of the misses
+    (the bundled model's own failure, "13 * 10 = 16. Found it.") and re-checks it on the spot; with no miss before
+    the hit, the hit itself is first miscomputed."""
+    moves = _moves(a, b)
+    hit = next((i for i, (_, made, _) in enumerate(moves) if made.value == target), len(moves))
+    slip = writer.slip_now(max(hit, 1) if hit < len(moves) else 0)
     lines = []
-    for _, made, words in _moves(a, b):
+    for i, (_, made, words) in enumerate(moves):
         if made.value == target:
-            return lines + [f"{words}. Found it."], made
-        lines.append(f"{words}, not {target}.")
+            writer.path.append(words)
+            line = _slipped(words, _wrong_value(target, writer.rng)) if i == slip else words
+            return lines + [f"{line}. Found it."], made
+        lines.append(f"{_slipped(words, target)}." if i == slip else f"{words}, not {target}.")
     return lines, None
 
 
-def _search(items: tuple[Item, ...], target: int, rng: random.Random, lines: list[str]) -> Item | None:
-    """Write the search for target over items into lines; returns the final item (always found when solvable)."""
+def _wrong_value(right: int, rng: random.Random) -> int:
+    """A plausible slip: off by 1 to 3, never negative, never right."""
+    return rng.choice([v for v in (right - 3, right - 2, right - 1, right + 1, right + 2, right + 3) if v >= 0])
+
+
+def _search(items: tuple[Item, ...], target: int, writer: Writer, lines: list[str]) -> Item | None:
+    """Write the search for target over items into lines; returns the final item (always found when solvable).
+    A pending slip lands on the step taken half the time, else later."""
     if len(items) == 2:
-        checks, hit = _last_step_lines(items[0], items[1], target)
+        checks, hit = _last_step_lines(items[0], items[1], target, writer)
         lines.extend(checks)
         return hit
+    rng = writer.rng
     memo: dict = {}  # the solver's tables, shared by the checks of this step's moves
     good, dead = [], []
     for i, j in _pairs(items):
@@ -97,30 +149,45 @@ def _search(items: tuple[Item, ...], target: int, rng: random.Random, lines: lis
         lines.append(f"{words}, then {left}: no.")
     words, made, rest = rng.choice(good)
     left = " ".join(str(x.value) for x in rest + (made,))
-    lines.append(f"{words}, then {left}.")
-    return _search(rest + (made,), target, rng, lines)
+    slip = writer.slip_now(2) if writer.slip_pending else None  # 0: slip here; 1: keep it for a later step
+    if slip == 0:
+        lines.append(f"{_slipped(words, _wrong_value(made.value, rng))}, then {left}.")
+    else:
+        writer.slip_pending = slip == 1
+        lines.append(f"{words}, then {left}.")
+    writer.path.append(words)
+    return _search(rest + (made,), target, writer, lines)
 
 
-def make_trace(nums: Sequence[int], target: int, *, rng: random.Random) -> str | None:
+def make_trace(nums: Sequence[int], target: int, *, rng: random.Random, recover: bool = False) -> str | None:
     """The completion (text after the prompt's `<think>`) for one task, or None when no whole-number solution
-    exists. The caller's rng picks the dead ends and the order, so traces vary from task to task."""
+    exists. The caller's rng picks the dead ends and the order, so traces vary from task to task. With `recover`,
+    one step goes wrong and is re-checked where it is written ("Check: ..."), and a last line recomputes the answer's
+    steps from the given numbers before `</think>`."""
     items = tuple(Item(int(n), str(int(n)), True) for n in nums)
     if len(items) == 1:
         return None
-    lines: list[str] = []
-    found = _search(items, int(target), rng, lines)
+    writer, lines = Writer(rng=rng, slip_pending=recover), []
+    found = _search(items, int(target), writer, lines)
     if found is None:
         return None
+    if recover:
+        lines.append(f"Verify: {', '.join(writer.path)}. All numbers used once.")
     return " " + "\n".join(lines) + f"\n{THINK_CLOSE}\n{ANSWER_OPEN}{found.expr}{ANSWER_CLOSE}"
 
 
-def make_traces(tasks: list[dict], *, seed: int) -> list[dict]:
+def make_traces(tasks: list[dict], *, seed: int, recovery_share: float = 0.0) -> list[dict]:
     """`{"nums", "target", "completion"}` for every task that has a whole-number solution, each verified by the
-    reward functions (format 1 and equation 1); tasks without such a solution are left out."""
+    reward functions (format 1 and equation 1); tasks without such a solution are left out. A `recovery_share` of
+    the traces (drawn per task) show a slip caught and a final check (`make_trace(..., recover=True)`)."""
+    if not (isinstance(recovery_share, (int, float)) and not isinstance(recovery_share, bool)
+            and 0.0 <= recovery_share <= 1.0):
+        raise ValueError(f"recovery_share={recovery_share!r} is not allowed: a number from 0 to 1")
     rng = random.Random(seed)
     rows = []
     for task in tasks:
-        trace = make_trace(task["nums"], task["target"], rng=rng)
+        recover = recovery_share > 0 and rng.random() < recovery_share  # no draw at 0: clean traces stay as they were
+        trace = make_trace(task["nums"], task["target"], rng=rng, recover=recover)
         if trace is None:
             continue
         rows.append({**task, "completion": trace})
