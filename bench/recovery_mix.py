@@ -68,7 +68,7 @@ def main() -> None:
         tasks = test + (held_out_tier(args.seed_tasks, tier="seed", train=train) if args.seed_tasks else [])
         results[share] = evaluate_tiers(policy, tokenizer, tasks, task=task,
                                         per_tier=args.tier_tasks, max_new_tokens=config.rollout.max_new_tokens,
-                                        greedy=True, batch_size=16, seed=config.train.seed, desc=f"share {share}")
+                                        greedy=True, batch_size=config.train.eval_batch_size, seed=config.train.seed, desc=f"share {share}")
         for tier, result in results[share].items():
             metrics = tier_metrics({tier: result}, task=task)
             sizes = sorted(split_by(result, key=lambda record: len(record["nums"]), task=task).items())

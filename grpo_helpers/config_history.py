@@ -32,7 +32,8 @@ SAFE_ON_RESUME = frozenset({
     # curriculum are then stretched over the new max_steps from the resumed step on
     "max_steps", "output_dir", "resume", "overwrite",
     # when to save, evaluate and report, and how long a reward function may take: the updates stay the same
-    "save_every", "keep_last", "eval_every", "eval_tasks", "eval_greedy", "report_to", "reward_time_limit",
+    "save_every", "keep_last", "eval_every", "eval_tasks", "eval_greedy", "eval_batch_size", "report_to",
+    "reward_time_limit",
     # how the same computation is carried out: memory, speed and kernels, the same gradient
     "memory_lean", "prompts_per_pass", "completions_per_pass", "gradient_checkpointing", "attn_implementation", "fast", "cuda_graph",
     "deterministic",

@@ -26,6 +26,7 @@ WINDOW = 5  # recent steps a rule averages over
 TOO_SHORT = "too_short"  # the note on a history shorter than WINDOW
 GRAD_GROWTH, GRAD_FLOOR, GRAD_CEILING = 10.0, 10.0, 1000.0  # the exploding-gradients rule's bounds (see the rule)
 DECLINE_ABSOLUTE, DECLINE_RELATIVE = 0.15, 1 / 3  # how far training accuracy must fall from its best (see the rule)
+HELD_OUT_DECLINE = 0.05  # the least fall of held-out accuracy from its best that is named, beside the noise bound
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,29 @@ def _accuracy_declined(history, window) -> Finding | None:
                    "(save_every); then a lower lr, more prompts per step (num_prompts), or beta > 0; watch entropy")
 
 
+def _held_out_declined(evaluations) -> Finding | None:
+    """Held-out accuracy (eval.jsonl's `eval/accuracy`, the judge on tasks never trained on) whose latest value is
+    below its best by more than two standard errors of a difference of two rates on that many tasks (and by at
+    least HELD_OUT_DECLINE): on 64 tasks a fall from 0.35 to 0.20 is within that noise, to 0.15 it is not. The
+    bound treats the two evaluations as independent samples, which for the same tasks over-states the noise: the
+    rule names only falls that are clearly real."""
+    rows = [row for row in evaluations or [] if isinstance(row.get("eval/accuracy"), (int, float))
+            and row.get("eval/num_tasks")]
+    if len(rows) < 2:
+        return None
+    best, last = max(rows, key=lambda row: row["eval/accuracy"]), rows[-1]
+    high, low = best["eval/accuracy"], last["eval/accuracy"]
+    noise = 2 * (high * (1 - high) / best["eval/num_tasks"] + low * (1 - low) / last["eval/num_tasks"]) ** 0.5
+    if high - low <= max(noise, HELD_OUT_DECLINE):
+        return None
+    return Finding("held_out_declined", "problem", "Held-out accuracy fell from its best: the policy got worse on "
+                   "tasks it never trains on, after it had been better.",
+                   f"held-out accuracy {high:.2f} at step {best['step']} -> {low:.2f} at step {last['step']} "
+                   f"({last['eval/num_tasks']} tasks; two standard errors of the difference: {noise:.2f})",
+                   f"use the checkpoint nearest step {best['step']} (save_every) or stop there (max_steps); then a "
+                   f"lower lr, more prompts per step (num_prompts), or beta > 0")
+
+
 def _loss_near_zero(history, window) -> Finding | None:
     recent = history[-window:]
     loss, grad = _mean(recent, "loss"), _mean(recent, "grad_norm")
@@ -229,28 +253,30 @@ def _too_short(history, window) -> Finding | None:
 
 
 def diagnose(history: list[dict[str, Any]], *, completions: list[dict[str, Any]] | None = None,
-             window: int = WINDOW) -> list[Finding]:
+             evaluations: list[dict[str, Any]] | None = None, window: int = WINDOW) -> list[Finding]:
     """Every rule's finding on a run's step metrics (oldest first); `completions` (rows of completions.jsonl) lets
-    the hacking rule quote the top-scoring ones."""
+    the hacking rule quote the top-scoring ones; `evaluations` (rows of eval.jsonl) lets it judge held-out accuracy."""
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window={window!r} is not allowed: an integer >= 1")
     found = [_no_signal(history, window), _truncated(history, window), _entropy_collapse(history, window),
              _exploding_gradients(history, window), _kl_or_clipping(history, window),
              _reward_without_accuracy(history, window, completions), _accuracy_declined(history, window),
-             _loss_near_zero(history, window),
+             _held_out_declined(evaluations), _loss_near_zero(history, window),
              _throughput(history, window), _too_short(history, window)]
     return [finding for finding in found if finding is not None]
 
 
 def diagnose_run(folder: str | Path, *, window: int = WINDOW) -> list[Finding]:
-    """`diagnose` on a finished (or running) training folder; the completions of its last step are quoted."""
+    """`diagnose` on a finished (or running) training folder, its held-out evaluations included; the completions of
+    its last step are quoted."""
     folder = Path(folder)
     history = read_json_lines(folder / "metrics.jsonl")
     if not history:
         raise MissingFileError(f"{folder / 'metrics.jsonl'} has no logged steps: is {str(folder)!r} a training folder?")
     last_step = history[-1]["step"]
     completions = [row for row in read_json_lines(folder / "completions.jsonl") if row["step"] == last_step]
-    return diagnose(history, completions=completions, window=window)
+    evaluations = read_json_lines(folder / "eval.jsonl") if (folder / "eval.jsonl").is_file() else []
+    return diagnose(history, completions=completions, evaluations=evaluations, window=window)
 
 
 class Doctor(Callback):
@@ -264,11 +290,16 @@ class Doctor(Callback):
 
     def on_step_end(self, trainer, metrics: dict[str, Any]) -> None:
         said = {finding.rule for finding in self.findings}
-        self.findings = diagnose(trainer.history, completions=trainer.last_completions, window=self.window)
+        self.findings = diagnose(trainer.history, completions=trainer.last_completions,
+                                 evaluations=getattr(trainer, "eval_history", None), window=self.window)
         if self.announce and trainer.accelerator.is_main_process:
             for finding in self.findings:
                 if finding.rule not in said and finding.rule != TOO_SHORT:
                     tqdm.write(f"GRPO doctor at step {metrics['step']}: {finding}")
+
+    def on_eval(self, trainer, metrics: dict[str, Any]) -> None:
+        """A held-out evaluation is news too (the held-out rule reads it)."""
+        self.on_step_end(trainer, metrics)
 
 
 class DoctorReport(Callback):
@@ -276,7 +307,8 @@ class DoctorReport(Callback):
     printed by the main process. A default callback (default_callbacks.py), so every run ends with a diagnosis."""
 
     def on_train_end(self, trainer) -> None:
-        trainer.findings = diagnose(trainer.history, completions=trainer.last_completions)
+        trainer.findings = diagnose(trainer.history, completions=trainer.last_completions,
+                                    evaluations=getattr(trainer, "eval_history", None))
         if trainer.accelerator.is_main_process and trainer.history:
             tqdm.write(report(trainer.findings))
 

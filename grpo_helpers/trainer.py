@@ -321,7 +321,7 @@ class GRPOTrainer:
         return metrics, batches
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, tasks: list[dict] | None = None, *, batch_size: int = 16) -> dict[str, Any]:
+    def evaluate(self, tasks: list[dict] | None = None) -> dict[str, Any]:
         """Accuracy (equation reward = 1) with Wilson 95 % intervals, format rate, mean length and the hack monitor's
         shares on held-out tasks: `eval_tasks` of each tier when the tasks carry tiers (chapter 06's evaluation)."""
         cfg = self.config
@@ -331,7 +331,8 @@ class GRPOTrainer:
                                      per_tier=cfg.train.eval_tasks,
                                      max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, greedy=cfg.train.eval_greedy,
-                                     batch_size=batch_size, seed=cfg.train.seed, desc=f"eval @ step {self.step}")
+                                     batch_size=cfg.train.eval_batch_size, seed=cfg.train.seed,
+                                     desc=f"eval @ step {self.step}")
         return {"step": self.step, **tier_metrics(results, task=self.task)}
 
     def _run_eval(self) -> None:

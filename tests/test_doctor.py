@@ -145,3 +145,42 @@ def test_a_folder_without_metrics_is_a_clear_error(tmp_path):
         diagnose_run(tmp_path)
     with pytest.raises(ValueError, match="window=0"):
         diagnose(healthy(), window=0)
+
+
+def evaluations(accuracies: list[float], *, tasks: int = 64, every: int = 8) -> list[dict]:
+    """eval.jsonl rows: held-out accuracy on the same `tasks` tasks at steps 0, every, 2 * every, ..."""
+    return [{"step": i * every, "eval/accuracy": a, "eval/num_tasks": tasks} for i, a in enumerate(accuracies)]
+
+
+def test_a_held_out_fall_beyond_noise_is_named_with_where_the_best_was():
+    findings = {f.rule: f for f in diagnose(healthy(), evaluations=evaluations([0.2, 0.35, 0.3, 0.12]))}
+    finding = findings["held_out_declined"]
+    assert finding.evidence == ("held-out accuracy 0.35 at step 8 -> 0.12 at step 24 (64 tasks; two standard "
+                                "errors of the difference: 0.14)")
+    assert "step 8" in finding.advice and finding.severity == "problem"
+
+
+@pytest.mark.parametrize("accuracies,tasks", [
+    ([0.2, 0.35, 0.3, 0.22], 64),  # a fall of 0.13 on 64 tasks: inside two standard errors (0.16)
+    ([0.2, 0.3, 0.35], 64),  # still rising
+    ([0.35], 64),  # one evaluation: nothing to fall from
+    ([0.02, 0.05, 0.01], 2000),  # beyond the noise on many tasks, but a fall of 0.04 is too small to name
+])
+def test_held_out_noise_and_a_rising_run_are_not_a_decline(accuracies, tasks):
+    assert "held_out_declined" not in rules(healthy(), evaluations=evaluations(accuracies, tasks=tasks))
+
+
+def test_the_doctor_reads_a_folders_evaluations_and_hears_each_one(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in healthy()))
+    assert "held_out_declined" not in {f.rule for f in diagnose_run(tmp_path)}  # no eval.jsonl: silent
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in evaluations([0.4, 0.1])))
+    assert "held_out_declined" in {f.rule for f in diagnose_run(tmp_path)}
+    doctor = Doctor()
+    trainer = SimpleNamespace(history=healthy(), last_completions=[], eval_history=evaluations([0.4]),
+                              accelerator=SimpleNamespace(is_main_process=True))
+    doctor.on_eval(trainer, trainer.eval_history[-1])
+    assert "held_out_declined" not in {f.rule for f in doctor.findings}
+    trainer.eval_history += evaluations([0.4, 0.1])[1:]
+    doctor.on_eval(trainer, trainer.eval_history[-1])
+    assert "held_out_declined" in {f.rule for f in doctor.findings}
+    assert "GRPO doctor at step 8: [problem] Held-out accuracy fell" in capsys.readouterr().out
