@@ -53,8 +53,9 @@ class GrowingMaskDecoder:
         self.model, self.cache, self.mask = model, cache, mask  # mask: (N, P)
         self.position = position_ids_from_mask(mask)[:, -1:]  # (N, 1) the last prompt token's position
 
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        """Feed `token` (N,), get the next logits (N, V)."""
+    def __call__(self, token: torch.Tensor, finished: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed `token` (N,), get the next logits (N, V). (`finished` rows are computed all the same: their tokens
+        are replaced by padding; the fast decoder skips them.)"""
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)  # (N, P + steps)
         self.position = self.position + 1
         out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=self.position,

@@ -171,11 +171,14 @@ def _reward_without_accuracy(history, window, completions) -> Finding | None:
                    "(countdown.rewards.GROUNDED_WEIGHTS); judge by held-out accuracy, not reward")
 
 
-def _accuracy_declined(history, window) -> Finding | None:
+def _accuracy_declined(history, window, evaluations) -> Finding | None:
     """Training accuracy (the judge on the training rows, `hack/accuracy`) that fell from its best: means over
-    `window` steps, so one step's noise counts for little (16 completions a step: sd ~0.12; over 5 steps ~0.05), and
-    a fall of DECLINE_ABSOLUTE and a third of the best. A run that peaks and declines keeps its best policy only in
-    a checkpoint from around the peak."""
+    `window` steps, so one step's noise counts for little, and a fall of DECLINE_ABSOLUTE and a third of the best.
+    A run that peaks and declines keeps its best policy only in a checkpoint from around the peak. But a window of
+    a 2-prompt recipe holds 10 tasks, and a task is mostly solved or not: its accuracy says which tasks were drawn.
+    The CPU run whose training accuracy went 0.43 (steps 20-24) -> 0.15 (36-40) rose on 64 held-out tasks all the
+    while (0.16, 0.16, 0.30, 0.39, 0.39, 0.41 every 8 steps; bench/RESULTS.md). So when held-out evaluations after
+    the peak did not fall, the finding is a note that says so, not a problem."""
     rows = [row for row in history if isinstance(row.get("hack/accuracy"), (int, float))]
     if len(rows) < 2 * window:
         return None
@@ -184,10 +187,20 @@ def _accuracy_declined(history, window) -> Finding | None:
     fall = means[best] - means[-1]
     if fall < max(DECLINE_ABSOLUTE, DECLINE_RELATIVE * means[best]):
         return None
+    evidence = (f"training accuracy (mean of {window} steps) {means[best]:.2f} at steps {rows[best]['step']}-"
+                f"{rows[best + window - 1]['step']} -> {means[-1]:.2f} over the last {window}")
+    held = [row for row in evaluations or [] if isinstance(row.get("eval/accuracy"), (int, float))]
+    peak_step = rows[best + window - 1]["step"]
+    before, after = [r for r in held if r["step"] <= peak_step], [r for r in held if r["step"] > peak_step]
+    if before and after and after[-1]["eval/accuracy"] >= max(r["eval/accuracy"] for r in before):
+        held_out = ", ".join(f"{r['eval/accuracy']:.2f} (step {r['step']})" for r in held)
+        return Finding("training_accuracy_noise", "note", "Training accuracy fell from its best, but held-out "
+                       "accuracy did not: a few prompts per step make the training figure say mostly which tasks "
+                       "were drawn.", f"{evidence}; held-out accuracy {held_out}",
+                       "judge the run by held-out accuracy; more prompts per step (num_prompts) steady the training "
+                       "figure")
     return Finding("accuracy_declined", "problem", "Training accuracy fell from its best: the policy got worse at the "
-                   "task after it had learned some of it.",
-                   f"training accuracy (mean of {window} steps) {means[best]:.2f} at steps {rows[best]['step']}-"
-                   f"{rows[best + window - 1]['step']} -> {means[-1]:.2f} over the last {window}",
+                   "task after it had learned some of it.", evidence,
                    "evaluate held-out often enough to see the peak (eval_every) and keep a checkpoint from it "
                    "(save_every); then a lower lr, more prompts per step (num_prompts), or beta > 0; watch entropy")
 
@@ -260,7 +273,8 @@ def diagnose(history: list[dict[str, Any]], *, completions: list[dict[str, Any]]
         raise ValueError(f"window={window!r} is not allowed: an integer >= 1")
     found = [_no_signal(history, window), _truncated(history, window), _entropy_collapse(history, window),
              _exploding_gradients(history, window), _kl_or_clipping(history, window),
-             _reward_without_accuracy(history, window, completions), _accuracy_declined(history, window),
+             _reward_without_accuracy(history, window, completions),
+             _accuracy_declined(history, window, evaluations),
              _held_out_declined(evaluations), _loss_near_zero(history, window),
              _throughput(history, window), _too_short(history, window)]
     return [finding for finding in found if finding is not None]

@@ -186,15 +186,20 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: list[dict], *, task: Task
 
 def evaluate_tiers(model: torch.nn.Module, tokenizer, tasks: list[dict], *, per_tier: int,
                    **settings: Any) -> dict[str, EvalResult]:
-    """`evaluate` on the first `per_tier` tasks of each tier (in the tasks' order), tier by tier; tasks without a
-    tier form one set named "all". Per-tier results keep an easy tier's gains from hiding a hard tier's losses."""
+    """`evaluate` on the first `per_tier` tasks of each tier (in the tasks' order), scored tier by tier; tasks
+    without a tier form one set named "all". Per-tier results keep an easy tier's gains from hiding a hard tier's
+    losses. The tiers are generated together (batches span tiers): a decode step's cost is mostly fixed, so one
+    batch of 64 costs less than two of 32."""
     require_int("per_tier", per_tier)
     by_tier: dict[str, list[dict]] = {}
     for row in tasks:
         by_tier.setdefault(row.get("tier") or "all", []).append(row)
-    desc = settings.pop("desc", "evaluate")
-    return {tier: evaluate(model, tokenizer, rows[:per_tier], desc=f"{desc} [{tier}]", **settings)
-            for tier, rows in by_tier.items()}
+    chosen = [row for rows in by_tier.values() for row in rows[:per_tier]]
+    result = evaluate(model, tokenizer, chosen, **settings)
+    parts = split_by_tier(result, task=settings["task"])
+    for part in parts.values():
+        part.settings = result.settings
+    return parts
 
 
 def tier_metrics(results: dict[str, EvalResult], *, task: Task) -> dict[str, Any]:

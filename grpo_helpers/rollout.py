@@ -156,7 +156,7 @@ def generate_groups(
             finished |= next_token == eos_id
             if finished.all() or step == max_new_tokens - 1:
                 break
-            logits = decode(next_token).float()  # (B*G, V)
+            logits = decode(next_token, finished=finished).float()  # (B*G, V)
 
     completion_ids = torch.stack(tokens, dim=1)  # (B*G, C)
     is_eos = completion_ids == eos_id

@@ -12,6 +12,9 @@ reaches declares is refused before anything runs (papermill would only log a war
 A failing cell stops the run with the notebook and cell named; the partially executed notebook is kept. No cell can
 hang the run: each has a time limit, `--cell-timeout` (15 min) for ordinary cells (a widget cell once hung for good
 in nbclient, kernel idle), `--long-cell-timeout` (4 h) for the cells tagged `long` (training, large evaluations).
+A chapter with no `long` cell trains nothing and rewrites only what a second run would, so after a cell past its
+limit it runs once more from the start in a fresh kernel (that hang came once in six runs); a chapter that trains
+stops with the cell named, since running it again would meet its own half-written run folder.
 """
 
 from __future__ import annotations
@@ -140,12 +143,19 @@ def cell_timeout(cell: dict[str, Any], *, ordinary: float, long: float) -> float
     return long if "long" in cell.get("metadata", {}).get("tags", []) else ordinary
 
 
+def safe_to_run_again(notebook: Path) -> bool:
+    """A chapter without `long` cells (no training, no large evaluation) may run again from the start."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return not any("long" in cell.get("metadata", {}).get("tags", []) for cell in cells)
+
+
 def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | None = None,
         folder: Path = NOTEBOOKS_DIR, ordinary_timeout: float = CELL_TIMEOUT,
         long_timeout: float = LONG_CELL_TIMEOUT) -> list[dict[str, Any]]:
     """Execute the chapters, each with its own parameters (chapter number -> name -> value, as load_params returns);
     returns one record per notebook (name, seconds, output path, figures). A cell past its time limit stops the run
-    with the notebook and cell named, like a failing one."""
+    with the notebook and cell named, like a failing one, unless the chapter is safe to run again: then it runs
+    once more in a fresh kernel."""
     import papermill
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
@@ -160,10 +170,21 @@ def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | N
               flush=True)
         executed = out_dir / notebook.name
         start = time.perf_counter()
+        tries = 2 if safe_to_run_again(notebook) else 1
         try:
-            papermill.execute_notebook(str(notebook), str(executed), parameters=passed, cwd=str(notebook.parent),
-                                       progress_bar=True, timeout_func=partial(cell_timeout, ordinary=ordinary_timeout,
-                                                                               long=long_timeout))
+            for attempt in range(1, tries + 1):
+                try:
+                    papermill.execute_notebook(str(notebook), str(executed), parameters=passed,
+                                               cwd=str(notebook.parent), progress_bar=True,
+                                               timeout_func=partial(cell_timeout, ordinary=ordinary_timeout,
+                                                                    long=long_timeout))
+                    break
+                except CellTimeoutError:
+                    if attempt == tries:
+                        raise
+                    print(f"\n{notebook.name}: a cell ran past its time limit ({ordinary_timeout:.0f} s) and its "
+                          f"kernel was stopped; the chapter trains nothing, so it runs again from the start in a fresh "
+                          f"kernel (try {attempt + 1} of {tries})", file=sys.stderr, flush=True)
         except PapermillExecutionError as error:
             print(f"\nFAILED: {notebook.name}, cell {error.exec_count} raised {error.ename}: {error.evalue}\n"
                   f"The partially executed notebook is kept at {executed}", file=sys.stderr)

@@ -184,3 +184,18 @@ def test_the_doctor_reads_a_folders_evaluations_and_hears_each_one(tmp_path, cap
     doctor.on_eval(trainer, trainer.eval_history[-1])
     assert "held_out_declined" in {f.rule for f in doctor.findings}
     assert "GRPO doctor at step 8: [problem] Held-out accuracy fell" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("held_out,expected", [
+    ([0.16, 0.30, 0.39], {"training_accuracy_noise"}),  # issue 30's CPU run: held-out rose while training fell
+    ([0.16, 0.40, 0.10], {"accuracy_declined", "held_out_declined"}),  # both fell: a real decline
+    ([0.16], {"accuracy_declined"}),  # no evaluation after the training peak: nothing contradicts it
+])
+def test_a_training_fall_that_held_out_accuracy_contradicts_is_a_note(held_out, expected):
+    history = healthy(reward=0.4, **{"hack/accuracy": lambda i: 0.4 if i <= 6 else 0.12})
+    found = {f.rule: f for f in diagnose(history, evaluations=evaluations(held_out, every=5))}
+    assert set(found) == expected
+    if "training_accuracy_noise" in found:
+        assert found["training_accuracy_noise"].severity == "note"
+        assert found["training_accuracy_noise"].evidence.endswith(
+            "held-out accuracy 0.16 (step 0), 0.30 (step 5), 0.39 (step 10)")

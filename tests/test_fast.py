@@ -179,6 +179,32 @@ def test_fixed_shape_decoding_samples_what_the_growing_mask_samples(tokenizer, m
     assert int(fixed.lengths.sum()) > 6  # really decoded past the first token
 
 
+def test_dropping_finished_rows_decodes_the_same_tokens(tokenizer, monkeypatch):
+    """Rows that have finished leave the fixed-shape batch (on a CPU), and the rows left decode exactly as in the
+    whole batch, greedy and sampled (the sampler still draws for every row). The tiny model rarely ends a row by
+    itself, so a token it writes midway in one row is made the end of text."""
+    import copy
+
+    from grpo_helpers.fast import FixedShapeDecoder
+
+    model = lora_that_matters(tokenizer)
+    made = _decoders_used(monkeypatch)
+    decode = dict(group_size=3, max_new_tokens=16, bf16=False)
+    for greedy in (False, True):
+        first = generate_groups(model, tokenizer, PROMPTS, greedy=greedy, generator=torch.Generator().manual_seed(7),
+                                **decode)
+        ends = copy.deepcopy(tokenizer)
+        ends.eos_token = tokenizer.convert_ids_to_tokens(int(first.completion_ids[1, 4]))  # row 1 ends there
+        runs = []
+        for keep_when in (0.0, 1.0):  # never drop / drop as soon as a row finishes
+            monkeypatch.setattr(FixedShapeDecoder, "KEEP_WHEN", keep_when)
+            runs.append(generate_groups(model, ends, PROMPTS, greedy=greedy,
+                                        generator=torch.Generator().manual_seed(7), **decode))
+            assert (len(made[-1].rows) < 6) == (keep_when == 1.0)  # rows really were (and were not) dropped
+        assert int(runs[0].lengths[1]) <= 5 and int(runs[0].lengths.max()) > 5  # row 1 ended early, others ran on
+        assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+
+
 def test_bf16_autocast_of_fp32_weights_decodes_with_a_growing_cache(tokenizer, monkeypatch):
     """Under bf16 autocast (a GPU's default, a CPU's when asked) fp32 weights give keys and values of another
     dtype, which a preallocated cache cannot hold (this failed on a Xeon with AMX). Greedy tokens still follow
