@@ -171,12 +171,17 @@ def _reward_without_accuracy(history, window, completions) -> Finding | None:
                    "(countdown.rewards.GROUNDED_WEIGHTS); judge by held-out accuracy, not reward")
 
 
+def _held_out(evaluations) -> list[dict[str, Any]]:
+    """The evaluations (rows of eval.jsonl) that logged a held-out accuracy, oldest first."""
+    return [row for row in evaluations or [] if isinstance(row.get("eval/accuracy"), (int, float))]
+
+
 def _accuracy_declined(history, window, evaluations) -> Finding | None:
     """Training accuracy (the judge on the training rows, `hack/accuracy`) that fell from its best: means over
     `window` steps, so one step's noise counts for little, and a fall of DECLINE_ABSOLUTE and a third of the best.
     A run that peaks and declines keeps its best policy only in a checkpoint from around the peak. But a window of
     a 2-prompt recipe holds 10 tasks, and a task is mostly solved or not: its accuracy says which tasks were drawn.
-    The CPU run whose training accuracy went 0.43 (steps 20-24) -> 0.15 (36-40) rose on 64 held-out tasks all the
+    The CPU run whose training accuracy went 0.42 (steps 20-24) -> 0.15 (36-40) rose on 64 held-out tasks all the
     while (0.16, 0.16, 0.30, 0.39, 0.39, 0.41 every 8 steps; bench/RESULTS.md). So when held-out evaluations after
     the peak did not fall, the finding is a note that says so, not a problem."""
     rows = [row for row in history if isinstance(row.get("hack/accuracy"), (int, float))]
@@ -189,7 +194,7 @@ def _accuracy_declined(history, window, evaluations) -> Finding | None:
         return None
     evidence = (f"training accuracy (mean of {window} steps) {means[best]:.2f} at steps {rows[best]['step']}-"
                 f"{rows[best + window - 1]['step']} -> {means[-1]:.2f} over the last {window}")
-    held = [row for row in evaluations or [] if isinstance(row.get("eval/accuracy"), (int, float))]
+    held = _held_out(evaluations)
     peak_step = rows[best + window - 1]["step"]
     before, after = [r for r in held if r["step"] <= peak_step], [r for r in held if r["step"] > peak_step]
     if before and after and after[-1]["eval/accuracy"] >= max(r["eval/accuracy"] for r in before):
@@ -211,8 +216,7 @@ def _held_out_declined(evaluations) -> Finding | None:
     least HELD_OUT_DECLINE): on 64 tasks a fall from 0.35 to 0.20 is within that noise, to 0.15 it is not. The
     bound treats the two evaluations as independent samples, which for the same tasks over-states the noise: the
     rule names only falls that are clearly real."""
-    rows = [row for row in evaluations or [] if isinstance(row.get("eval/accuracy"), (int, float))
-            and row.get("eval/num_tasks")]
+    rows = [row for row in _held_out(evaluations) if row.get("eval/num_tasks")]
     if len(rows) < 2:
         return None
     best, last = max(rows, key=lambda row: row["eval/accuracy"]), rows[-1]

@@ -139,9 +139,9 @@ class FixedShapeDecoder:
             self.graph.replay()
             return self.logits
         if not self.capture:
-            if len(self.rows) == len(token):
-                return self._step()
             logits = self._step()  # (A, V)
+            if len(self.rows) == len(token):
+                return logits
             full = logits.new_zeros(len(token), logits.shape[-1])  # (N, V)
             full[self.rows] = logits
             return full
@@ -156,7 +156,6 @@ class FixedShapeDecoder:
         with torch.cuda.graph(self.graph):
             self.logits = self._step()  # recorded, not run: the cache's position counter is not advanced twice
         return logits
-
 
     def _drop_finished(self, finished: torch.Tensor) -> None:
         """Keep only the unfinished rows (buffers and cache), once enough rows have finished to pay for the copy."""
