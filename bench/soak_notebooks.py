@@ -10,8 +10,7 @@ fresh kernel after a cell past its limit. This executes each chapter `--runs` ti
 test suite), and prints one JSON line per execution (chapter, exit status, seconds, load average, whether the
 runner had to run the chapter again, whether this script had to kill it) and a last line with the totals. A run
 still going after `--hang-after` seconds is killed and counted as a hang: the runner's own limits should have
-stopped it long before. Read `seconds` too: a run far slower than its neighbours is a stall even when it ends well
-(the first soak found one: a widget cell's reply read 900 s late, at its time limit; `run_notebooks.PolledChannel`).
+stopped it long before.
 """
 
 from __future__ import annotations
