@@ -10,7 +10,10 @@ fresh kernel after a cell past its limit. This executes each chapter `--runs` ti
 test suite), and prints one JSON line per execution (chapter, exit status, seconds, load average, whether the
 runner had to run the chapter again, whether this script had to kill it) and a last line with the totals. A run
 still going after `--hang-after` seconds is killed and counted as a hang: the runner's own limits should have
-stopped it long before.
+stopped it long before. A stall can also end well and hide in `seconds` (the first soak found one: a widget cell's
+reply read 900 s late, at its time limit; `run_notebooks.PolledChannel`), so each run also reports `read_late`: the
+longest wait, over its code cells, between the kernel's last word on a cell (its reply and its idle status, timestamped
+by the kernel) and papermill's record of the cell's end, with that cell's index.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +36,23 @@ def start_busy(count: int) -> list[subprocess.Popen]:
     """`count` single-threaded processes that multiply matrices until killed: a loaded machine, reproducibly."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], env=env) for _ in range(count)]
+
+
+def read_late(executed: Path) -> dict:
+    """The longest delay between the kernel finishing a code cell and the runner recording its end: the time a
+    missed wake-up cost (milliseconds when nothing is missed), and the cell it happened on."""
+    worst = {"seconds": 0.0, "cell": None}
+    if not executed.is_file():
+        return worst
+    for index, cell in enumerate(json.loads(executed.read_text())["cells"]):
+        kernel, runner = cell["metadata"].get("execution", {}), cell["metadata"].get("papermill", {})
+        done = [kernel[key] for key in ("shell.execute_reply", "iopub.status.idle") if key in kernel]
+        if cell["cell_type"] != "code" or not done or not runner.get("end_time"):
+            continue
+        late = (datetime.fromisoformat(runner["end_time"]) - max(map(datetime.fromisoformat, done))).total_seconds()
+        if late > worst["seconds"]:
+            worst = {"seconds": round(late, 3), "cell": index}
+    return worst
 
 
 def execute_once(*, chapter: str, run: int, out: Path, hang_after: float) -> dict:
@@ -52,7 +73,8 @@ def execute_once(*, chapter: str, run: int, out: Path, hang_after: float) -> dic
     text = log.read_text(errors="replace")
     return {"chapter": chapter, "run": run, "exit": status, "seconds": round(time.perf_counter() - start, 1),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
-            "runner_retried": RETRY_SAYS in text, "killed_as_hung": killed, "log": str(log)}
+            "runner_retried": RETRY_SAYS in text, "killed_as_hung": killed,
+            "read_late": read_late(next(folder.glob(f"{chapter}_*.ipynb"), folder / "missing")), "log": str(log)}
 
 
 def main() -> None:
@@ -82,6 +104,7 @@ def main() -> None:
                       "failed": sum(r["exit"] != 0 for r in records),
                       "runner_retried": sum(r["runner_retried"] for r in records),
                       "killed_as_hung": sum(r["killed_as_hung"] for r in records),
+                      "most_read_late_seconds": max(r["read_late"]["seconds"] for r in records),
                       "slowest_seconds": {c: max(r["seconds"] for r in records if r["chapter"] == c)
                                           for c in args.chapters}}))
 

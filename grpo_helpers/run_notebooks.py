@@ -27,16 +27,56 @@ import sys
 import time
 from datetime import datetime
 from functools import partial
+from queue import Empty
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import DottedObjectName, Type
 
 from grpo_helpers.yaml_values import command_line_value, load_yaml
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT = 15 * 60  # seconds for an ordinary cell: the slowest of them takes ~2 min on the slowest CPU
 LONG_CELL_TIMEOUT = 4 * 3600  # seconds for a cell tagged `long`: chapter 04's GRPO takes ~25 min on the slowest CPU
+
+
+WAKE_UP_EVERY = 1.0  # seconds between fresh looks at a kernel channel while waiting for a message
+
+
+class PolledChannel(AsyncZMQSocketChannel):
+    """A kernel channel that waits in slices of WAKE_UP_EVERY. asyncio sometimes misses ZMQ's wake-up for a message
+    already in the socket; nbclient then sleeps out the cell's whole time limit although the cell has finished
+    (bench/soak_notebooks.py: chapter 02's widget cell replied in 30 ms, its reply was read 900 s later, once in 12
+    runs under load; issue 32's "hang", nbclient issue 312). A fresh poll sees the waiting message, so a missed
+    wake-up costs at most a slice."""
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await super().get_msg(timeout=WAKE_UP_EVERY if left is None else min(WAKE_UP_EVERY, left))
+            except Empty:
+                if left is not None and left <= WAKE_UP_EVERY:
+                    raise
+
+
+class PolledKernelClient(AsyncKernelClient):
+    """nbclient's kernel client with the replies and outputs read through PolledChannel."""
+
+    shell_channel_class = Type(PolledChannel)
+    iopub_channel_class = Type(PolledChannel)
+
+
+class PolledKernelManager(AsyncKernelManager):
+    """The kernel manager papermill is given (`kernel_manager_class`), so that its client is a PolledKernelClient."""
+
+    client_class = DottedObjectName("grpo_helpers.run_notebooks.PolledKernelClient")
+    client_factory = Type(klass=PolledKernelClient)
 
 
 def chapter(notebook: Path) -> str:
@@ -176,6 +216,7 @@ def run(params: dict[str, dict[str, Any]], *, out_dir: Path, only: list[str] | N
                 try:
                     papermill.execute_notebook(str(notebook), str(executed), parameters=passed,
                                                cwd=str(notebook.parent), progress_bar=True,
+                                               kernel_manager_class=PolledKernelManager,
                                                timeout_func=partial(cell_timeout, ordinary=ordinary_timeout,
                                                                     long=long_timeout))
                     break

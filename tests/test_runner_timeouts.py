@@ -1,14 +1,68 @@
 """The notebook runner cannot hang: every cell has a time limit, longer for cells tagged `long`, and a cell past it
-stops the run with the notebook and the cell named (nbclient once waited forever on a widget cell)."""
+stops the run with the notebook and the cell named (nbclient once waited forever on a widget cell); a reply whose
+wake-up asyncio missed is read within a second, not at the cell's limit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from queue import Empty
 from pathlib import Path
 
 import pytest
 
-from grpo_helpers.run_notebooks import NOTEBOOKS_DIR, chapter_notebooks, run
+from grpo_helpers.run_notebooks import (NOTEBOOKS_DIR, PolledChannel, PolledKernelClient, PolledKernelManager,
+                                        chapter_notebooks, run)
+
+
+class MissedWakeUps:
+    """A kernel socket whose first `missed` polls sleep out their whole timeout although a message is waiting (what
+    a lost asyncio wake-up looks like to nbclient); later polls see it. Records each poll's timeout in ms."""
+
+    def __init__(self, *, missed: int, message_waiting: bool = True):
+        self.missed, self.message_waiting, self.polls = missed, message_waiting, []
+
+    async def poll(self, timeout_ms: int | None) -> bool:
+        self.polls.append(timeout_ms)
+        if len(self.polls) <= self.missed or not self.message_waiting:
+            await asyncio.sleep((timeout_ms or 0) / 1000)
+            return False
+        return True
+
+
+def channel_on(socket: MissedWakeUps) -> PolledChannel:
+    channel = PolledChannel.__new__(PolledChannel)  # no real ZMQ socket: only poll and _recv are used
+    channel.socket = socket
+
+    async def recv() -> dict:
+        return {"msg_type": "execute_reply"}
+
+    channel._recv = recv
+    return channel
+
+
+def test_a_missed_wake_up_costs_a_slice_not_the_cells_limit():
+    socket = MissedWakeUps(missed=1)
+    start = time.monotonic()
+    message = asyncio.run(channel_on(socket).get_msg(timeout=900))  # a cell's limit: 15 min
+    assert message == {"msg_type": "execute_reply"}
+    assert socket.polls == [1000, 1000] and time.monotonic() - start < 5  # the plain channel: one 900 s poll
+
+
+def test_with_no_message_the_wait_still_ends_at_its_deadline():
+    socket = MissedWakeUps(missed=0, message_waiting=False)
+    start = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(channel_on(socket).get_msg(timeout=2.5))
+    assert socket.polls[:2] == [1000, 1000] and 400 < socket.polls[2] <= 500 and len(socket.polls) == 3
+    assert 2.4 < time.monotonic() - start < 10
+
+
+def test_the_runners_kernel_client_reads_replies_and_outputs_through_the_polled_channel():
+    client = PolledKernelManager(kernel_name="python3").client()
+    assert isinstance(client, PolledKernelClient)
+    assert client.shell_channel_class is PolledChannel and client.iopub_channel_class is PolledChannel
 
 
 def notebook(folder: Path, name: str, cells: list[tuple[str, list[str]]]) -> Path:
