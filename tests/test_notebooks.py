@@ -63,6 +63,7 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(30 * 60)  # the smoke run of all chapters, set up here: ~300 s on an idle 2-core machine
 def test_every_notebook_runs_under_papermill(smoke_run):
     out, records = smoke_run
     assert [r["notebook"] for r in records] == [p.name for p in NOTEBOOKS]
@@ -81,6 +82,7 @@ def test_nbval_covers_the_chapters_that_train_nothing():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(30 * 60)  # sets up the smoke run when run alone (-k nbval)
 def test_nbval_lax_on_prepared_notebooks(tmp_path, smoke_run):
     """`pytest --nbval-lax` works on copies that papermill --prepare-only wrote with the smoke values (nbval cannot
     inject parameters). The committed chapters carry no outputs, so nbval can only check that every cell runs, which
