@@ -35,7 +35,7 @@ import yaml
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import DottedObjectName, Type
+from traitlets import Type
 
 from grpo_helpers.yaml_values import command_line_value, load_yaml
 
@@ -75,8 +75,7 @@ class PolledKernelClient(AsyncKernelClient):
 class PolledKernelManager(AsyncKernelManager):
     """The kernel manager papermill is given (`kernel_manager_class`), so that its client is a PolledKernelClient."""
 
-    client_class = DottedObjectName("grpo_helpers.run_notebooks.PolledKernelClient")
-    client_factory = Type(klass=PolledKernelClient)
+    client_factory = Type(klass=PolledKernelClient)  # AsyncKernelManager builds its clients with this, not client_class
 
 
 def chapter(notebook: Path) -> str:
